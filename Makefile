@@ -1,0 +1,45 @@
+# The two commands a fresh machine needs (see README):
+#   make repro   set up .venv, make sure the data is there, run the whole DVC pipeline
+#   make test    set up .venv, make sure the data is there, run the test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines get the CPU wheel of torch pinned *before* anything else, so that resolving the
+# other dependencies never pulls a multi-GB CUDA build. Where nvidia-smi exists, torch comes from
+# the normal index (a CUDA build) and the gpu extra adds faiss-gpu.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3$(comma)<2.15,torch==2.13.0)
+EXTRAS ?= $(if $(HAS_GPU),dev$(comma)inception$(comma)gpu,dev$(comma)inception)
+comma := ,
+STAMP := $(VENV)/.installed
+
+.PHONY: repro test setup data lint bench clean-venv
+
+repro: setup data
+	source $(BIN)/activate && dvc repro
+
+test: setup data
+	$(BIN)/python -m pytest
+
+setup: $(STAMP)
+
+# Re-installs only when pyproject.toml changes: running `make` twice is cheap.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $@
+
+data: setup
+	$(BIN)/python scripts/ensure_data.py
+
+lint: setup
+	$(BIN)/ruff check .
+
+bench: setup
+	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

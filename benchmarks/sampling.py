@@ -1,0 +1,195 @@
+"""Benchmark: MaskGIT sampling and evaluation costs, side by side, in one run.
+
+Prints
+1. images/s of ``sample.steps``-step MaskGIT decoding (8 by default) against one-token-per-step
+   decoding (``seq_len`` steps) of the same model and batch: the parallel-decoding speedup;
+2. KA-MIG against base sampling time (8 steps, CFG, the inference cache on), as a ratio;
+3. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
+   + classifier forward) and statistics (mean/covariance + Fréchet distance), plus precision /
+   recall; and the statistics part at Inception's 2048 dims. ``--inception`` also times
+   InceptionV3 features (slow on a CPU: a few images/s).
+
+Models: ``models/base`` and ``models/kamig`` (and ``models/tokenizer``, ``models/classifier``)
+when they exist; otherwise randomly initialised ones of the default sizes (speed does not depend
+on the weights). Timings alternate the contenders over several rounds and report medians, since a
+shared CPU is noisy.
+
+    python -m benchmarks.sampling
+    python -m benchmarks.sampling --images 200 --rounds 3
+    python -m benchmarks.sampling --imagenet        # paper-sized model, on a GPU machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.model import FASHION, IMAGENET, make_models, time_interleaved
+from pipeline.config import SampleConfig
+from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier, quantize
+from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats
+from pipeline.metrics.precision_recall import precision_recall
+from pipeline.sampling import DecodePlan, batch_generator, class_balanced_labels, decode_plan, maskgit_decode
+
+MODELS = Path("models")
+
+
+def load_models(
+    shape, device: torch.device, force_random: bool
+) -> tuple[torch.nn.Module, torch.nn.Module, str]:
+    if not force_random and (MODELS / "base").is_dir() and (MODELS / "kamig").is_dir():
+        from pipeline.model import load_generator
+
+        return load_generator(MODELS / "base", device), load_generator(MODELS / "kamig", device), "trained"
+    base, kamig = make_models(shape)
+    return base.to(device).eval(), kamig.to(device).eval(), "random-init"
+
+
+def one_token_per_step(seq_len: int, cfg: float) -> DecodePlan:
+    """Reveal one token per step (the autoregressive-like baseline of parallel decoding)."""
+    return DecodePlan(
+        masked_after=tuple(range(seq_len - 1, -1, -1)),
+        temperature=(1.0,) * seq_len,
+        choice_temperature=tuple(4.5 * (1 - (t + 1) / seq_len) for t in range(seq_len)),
+        cfg=(cfg,) * seq_len,
+    )
+
+
+def decoder(
+    model: torch.nn.Module, labels: torch.Tensor, plan: DecodePlan, amp: bool
+) -> Callable[[int], None]:
+    def run(i: int) -> None:
+        with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
+            maskgit_decode(model, labels, seq_len=model.seq_len, mask_id=model.mask_id,
+                           null_class=model.null_class, plan=plan, generator=batch_generator(0, i))
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--imagenet", action="store_true", help="the paper-sized model (random init)")
+    parser.add_argument("--random", action="store_true", help="random-init models even if trained ones exist")
+    parser.add_argument("--batch", type=int, default=100, help="images decoded per timed call")
+    parser.add_argument("--steps", type=int, default=SampleConfig().steps)
+    parser.add_argument("--cfg", type=float, default=1.0)
+    parser.add_argument("--images", type=int, default=1000, help="images per FID evaluation")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--inception", action="store_true", help="also time InceptionV3 features")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    shape = dataclasses.replace(IMAGENET if args.imagenet else FASHION)
+    base, kamig, origin = load_models(shape, device, args.random or args.imagenet)
+    seq_len = base.seq_len
+    print(f"device {device} ({torch.get_num_threads()} CPU threads), bf16 {amp}; {origin} models, "
+          f"L={seq_len} V={base.codebook_size} classes={base.num_classes}; "
+          f"batch {args.batch}, cfg {args.cfg}")
+    labels = (torch.arange(args.batch) % base.num_classes).to(device)
+    parallel = decode_plan(dataclasses.replace(SampleConfig(), steps=args.steps, cfg=args.cfg), seq_len)
+    sequential = one_token_per_step(seq_len, args.cfg)
+
+    # ---- 1. parallel decoding speedup ---------------------------------------------------------
+    wall, _ = time_interleaved({
+        f"{args.steps}-step": decoder(base, labels, parallel, amp),
+        f"{seq_len}-step": decoder(base, labels, sequential, amp),
+    }, device, rounds=args.rounds, reps=1, warmup=1)
+    fast, slow = wall[f"{args.steps}-step"], wall[f"{seq_len}-step"]
+    print("\n1. parallel decoding (base model)")
+    print(f"  MaskGIT {args.steps:>3} steps    {args.batch / fast:10.1f} images/s")
+    print(f"  one token per step ({seq_len:>3}) {args.batch / slow:8.1f} images/s")
+    print(f"  speedup                {slow / fast:8.2f}x")
+
+    # ---- 2. KA-MIG against base ---------------------------------------------------------------
+    wall, _ = time_interleaved({
+        "base": decoder(base, labels, parallel, amp),
+        "kamig": decoder(kamig, labels, parallel, amp),
+    }, device, rounds=args.rounds, reps=1, warmup=1)
+    print(f"\n2. sampling time, {args.steps} steps (KA-MIG with its inference cache)")
+    print(f"  base   {wall['base']:8.3f} s/batch  {args.batch / wall['base']:8.1f} images/s")
+    print(f"  kamig  {wall['kamig']:8.3f} s/batch  {args.batch / wall['kamig']:8.1f} images/s")
+    print(f"  kamig / base  {wall['kamig'] / wall['base']:.3f}x")
+
+    # ---- 3. one FID evaluation ----------------------------------------------------------------
+    time_evaluation(args, base, labels, parallel, device, amp)
+
+
+def time_evaluation(args, model, labels, plan, device, amp) -> None:
+    from pipeline.tokenizer.base import load_tokenizer
+
+    n = args.images
+    tokens = maskgit_decode(model, class_balanced_labels(model.num_classes, -(-n // model.num_classes))[:n]
+                            .to(device), seq_len=model.seq_len, mask_id=model.mask_id,
+                            null_class=model.null_class, plan=plan, generator=batch_generator(0, 0))
+    tokenizer = classifier = None
+    if not args.imagenet and (MODELS / "tokenizer").is_dir():
+        tokenizer = load_tokenizer(MODELS / "tokenizer", device)
+    if not args.imagenet and (MODELS / "classifier").is_dir():
+        classifier = load_classifier(MODELS / "classifier", device)
+    size, channels = (256, 3) if args.imagenet else (28, 1)
+    if classifier is None:
+        classifier = DomainClassifier(ClassifierSpec(channels, size, model.num_classes)).to(device).eval()
+    rng = np.random.default_rng(0)
+
+    def images() -> list[torch.Tensor]:
+        batches = []
+        for first in range(0, n, 250):
+            chunk = tokens[first : first + 250]
+            if tokenizer is not None:
+                with torch.inference_mode():
+                    batches.append(quantize(tokenizer.decode(chunk)))
+            else:  # no tokenizer yet: random pixels of the right shape (same classifier cost)
+                batches.append(torch.from_numpy(rng.integers(0, 256, (len(chunk), channels, size, size),
+                                                             dtype=np.uint8)).to(device))
+        return batches
+
+    start = time.perf_counter()
+    decoded = images()
+    decode_s = time.perf_counter() - start
+    start = time.perf_counter()
+    features, _ = classify(classifier, decoded, device)
+    classify_s = time.perf_counter() - start
+    reference = feature_stats(features + rng.normal(size=features.shape) * 0.01)
+    start = time.perf_counter()
+    fid_from_stats(feature_stats(features), reference)
+    stats_s = time.perf_counter() - start
+    start = time.perf_counter()
+    precision_recall(features, features[::-1].copy(), k=3, device=device)
+    pr_s = time.perf_counter() - start
+    big = rng.normal(size=(max(n, 2100), 2048)).astype(np.float32)  # more rows than dims
+    big_ref = GaussianStats(mu=np.zeros(2048), sigma=np.eye(2048), count=50000)
+    start = time.perf_counter()
+    fid_from_stats(feature_stats(big), big_ref)
+    stats_2048_s = time.perf_counter() - start
+
+    print(f"\n3. one FID evaluation of {n} images ({'trained' if tokenizer else 'random'} tokenizer/pixels, "
+          f"{features.shape[1]}-d classifier features)")
+    print(f"  features: tokenizer decode  {decode_s:8.3f} s")
+    print(f"  features: classifier        {classify_s:8.3f} s")
+    print(f"  statistics + Frechet        {stats_s:8.3f} s")
+    print(f"  precision/recall (k=3)      {pr_s:8.3f} s")
+    print(f"  statistics + Frechet, 2048-d ({len(big)} rows)  {stats_2048_s:8.3f} s")
+    if args.inception:
+        from pipeline.metrics.inception import InceptionExtractor
+
+        extractor = InceptionExtractor(device)
+        sample = decoded[0][:16]
+        extractor(sample[:2])  # warm-up
+        start = time.perf_counter()
+        extractor(sample)
+        per_image = (time.perf_counter() - start) / len(sample)
+        print(f"  Inception features          {per_image * 1000:8.1f} ms/image "
+              f"({1 / per_image:.1f} images/s; {per_image * n:.0f} s for {n})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The ``graphs`` stage from tokens to files: what runs in which order, and where it is written.
+
+1. Open the train shards and check them all against ``meta.json`` (errors name the shard), and
+   fix the rows used: all, or the evenly strided ``graphs.max_images`` subset defined in
+   :mod:`pipeline.graphs.source` (the same rows for all three graphs).
+2. One streaming numpy pass: co-occurrence, (position, token) and class counts.
+3. One lazy polars query (a few passes at ImageNet scale): ``position_token_counts.parquet``.
+   Its per-(position, token) sums must equal step 2's, a cheap cross-check of both paths.
+4. Co-occurrence graph (prune, normalise), similarity graph (FAISS + exact JS re-rank).
+5. Metrics, degree histograms and the neighbour picture.
+
+``data/graphs`` is written through :func:`pipeline.files.atomic_dir`: every file goes into a
+temporary sibling directory that replaces ``data/graphs`` only once everything above succeeded,
+so a failure (bad shard, full disk, Ctrl-C) leaves no partial graph files behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.config import GraphsConfig
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_dir, write_json
+from pipeline.graphs.cooccurrence import cooccurrence_table
+from pipeline.graphs.counting import CorpusCounts, count_corpus
+from pipeline.graphs.positions import count_position_tokens
+from pipeline.graphs.similarity import faiss_gpu_available, similarity_graph
+from pipeline.graphs.source import open_source
+from pipeline.graphs.stats import degree_histogram, graph_metrics, write_degree_csv
+from pipeline.graphs.storage import (
+    COOCCURRENCE_FILE,
+    POSITION_TOKEN_COUNTS_FILE,
+    SIMILARITY_FILE,
+    write_table,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StagePaths:
+    """Inputs and outputs of the stage; the defaults are the DVC layout, tests pass temporary ones."""
+
+    tokens_dir: Path = Path("data/tokens")
+    graphs_dir: Path = Path("data/graphs")
+    metrics_file: Path = Path("metrics/graphs.json")
+    degrees_csv: Path = Path("metrics/plots/graph_degrees.csv")
+    picture: Path = Path("metrics/plots/graph_neighbours.png")
+    # None: no neighbour picture (unit tests have no tokenizer).
+    tokenizer_dir: Path | None = Path("models/tokenizer")
+
+
+@dataclass
+class Timer:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _columns(table: pa.Table, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy() for name in names}
+
+
+def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str, Any]:
+    """Run the whole stage; returns the metrics it wrote."""
+    paths = paths or StagePaths()
+    timer = Timer()
+    started = time.perf_counter()
+    with timer.part("validate"):
+        source = open_source(paths.tokens_dir, cfg.max_images)
+    meta = source.meta
+    vocab = meta.codebook_size
+    log.info("graphs: %d of %d train images, %dx%d grid, V=%d, %d classes, %d shards",
+             source.used_rows, source.total_rows, meta.grid_h, meta.grid_w, vocab, meta.num_classes,
+             len(source.shards))
+    with timer.part("count"):
+        counts = count_corpus(source, cfg.cooccurrence.neighbourhood)
+
+    with atomic_dir(paths.graphs_dir) as out:
+        with timer.part("positions"):
+            positions = count_position_tokens(source, out / POSITION_TOKEN_COUNTS_FILE,
+                                              cfg.positions_groups_per_pass, cfg.incompatibility.min_count)
+        if not np.array_equal(positions.position_totals, counts.positions):
+            raise RuntimeError("position-token counts from polars disagree with the numpy pass "
+                               "(a bug: please report it with the shards)")
+        with timer.part("cooccurrence"):
+            cooccurrence = cooccurrence_table(counts.cooccurrence, cfg.cooccurrence.top_ratio)
+            write_table(out / COOCCURRENCE_FILE, cooccurrence)
+        with timer.part("similarity"):
+            use_gpu = cfg.device == "cuda" and faiss_gpu_available()
+            if cfg.device == "cuda" and not use_gpu:
+                log.warning("graphs.device is cuda but faiss has no GPU support here: using the CPU index")
+            similarity = similarity_graph(counts.positions, cfg.similarity.k, cfg.similarity.candidates,
+                                          cfg.similarity.alpha, cfg.similarity.index, use_gpu)
+            write_table(out / SIMILARITY_FILE, similarity.table)
+
+        co = _columns(cooccurrence, ("src", "dst", "count"))
+        sim = _columns(similarity.table, ("src", "dst", "distance"))
+        with timer.part("metrics"):
+            co_metrics = graph_metrics(co["src"], co["dst"], vocab)
+            sim_metrics = graph_metrics(sim["src"], sim["dst"], vocab)
+            histograms = {
+                "cooccurrence": degree_histogram(co["src"], co["dst"], vocab),
+                "similarity": degree_histogram(sim["src"], sim["dst"], vocab),
+            }
+        with timer.part("picture"):
+            _picture(cfg, paths, meta.tokenizer_fingerprint, counts, co, sim)
+
+        timer.seconds["total"] = round(time.perf_counter() - started, 3)
+        metrics = {
+            "images": counts.images,
+            "images_available": source.total_rows,
+            "tokens": counts.images * meta.seq_len,
+            "vocab_size": vocab,
+            "tokens_never_seen": int(np.count_nonzero(counts.token_totals == 0)),
+            "incompatibility_density": positions.incompatibility_density,
+            "cooccurrence": co_metrics,
+            "similarity": {
+                **sim_metrics,
+                "occurring_tokens": similarity.occurring,
+                "median_distance": similarity.distance_scale,
+                "exact": int(similarity.exact),
+                "bruteforce_fallbacks": similarity.fallbacks,
+            },
+            "incompatibility": {
+                "min_count": cfg.incompatibility.min_count,
+                "density": positions.incompatibility_density,
+                "observed_triples": positions.observed_triples,
+                "compatible_triples": positions.compatible_triples,
+                "total_triples": positions.total_triples,
+                "polars_passes": positions.passes,
+            },
+            "seconds": timer.seconds,
+        }
+        write_degree_csv(paths.degrees_csv, histograms)
+        write_json(paths.metrics_file, metrics)
+    log.info("graphs: co-occurrence %d edges, similarity %d edges, incompatibility density %.4f (%.1fs)",
+             co_metrics["edges"], sim_metrics["edges"], positions.incompatibility_density,
+             timer.seconds["total"])
+    return metrics
+
+
+def _picture(cfg: GraphsConfig, paths: StagePaths, fingerprint: str, counts: CorpusCounts,
+             co: dict[str, np.ndarray], sim: dict[str, np.ndarray]) -> None:
+    if paths.tokenizer_dir is None:
+        log.info("graphs: no tokenizer directory given, skipping %s", paths.picture)
+        return
+    # Imported here: only the picture needs torch and the tokenizer implementations.
+    from pipeline.graphs import pictures
+    from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
+
+    tokenizer = load_tokenizer(paths.tokenizer_dir)
+    found = tokenizer_fingerprint(paths.tokenizer_dir)
+    if found != fingerprint:
+        raise PipelineError(f"tokenizer {paths.tokenizer_dir} has fingerprint {found}, but the tokens were "
+                            f"made by {fingerprint}: re-run `dvc repro tokenize`")
+    tokens = pictures.choose_example_tokens(counts.token_totals, cfg.num_examples)
+    rows = pictures.example_rows(tokens, counts.token_totals, co, sim)
+    pictures.draw_neighbours(tokenizer, rows, paths.picture)

@@ -1,0 +1,77 @@
+"""Graph summaries for ``metrics/graphs.json`` and the degree histograms plotted by DVC.
+
+The stored graphs are directed (each token keeps its own neighbours). The structural numbers
+(degree, isolation, components, clustering) are computed with networkx on the *undirected* simple
+graph over all V codebook tokens: an edge a-b exists when either keeps the other, self-loops are
+ignored. Never-seen tokens are therefore isolated nodes, counted in ``isolated`` and as
+singleton components. ``edges`` counts the stored directed rows (self-loops excluded),
+``reciprocal_fraction`` how many of them are kept in both directions, and ``max_in_degree`` how
+many tokens aggregate from the most popular one (hubness).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from pipeline.files import atomic_path
+
+
+def undirected_graph(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> nx.Graph:
+    graph = nx.Graph()
+    graph.add_nodes_from(range(num_nodes))
+    off = src != dst
+    graph.add_edges_from(zip(src[off].tolist(), dst[off].tolist()))
+    return graph
+
+
+def degrees(graph: nx.Graph) -> np.ndarray:
+    """Undirected degree of nodes 0 .. V-1."""
+    return np.array([graph.degree(node) for node in range(graph.number_of_nodes())], dtype=np.int64)
+
+
+def graph_metrics(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> dict[str, float | int]:
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    off = src != dst
+    graph = undirected_graph(src, dst, num_nodes)
+    degree = degrees(graph)
+    components = [len(c) for c in nx.connected_components(graph)]
+    directed = set(zip(src[off].tolist(), dst[off].tolist()))
+    reciprocal = sum((b, a) in directed for a, b in directed)
+    in_degree = np.bincount(dst[off], minlength=num_nodes)
+    return {
+        "nodes": num_nodes,
+        "edges": int(off.sum()),
+        "undirected_edges": graph.number_of_edges(),
+        "reciprocal_fraction": reciprocal / len(directed) if directed else 0.0,
+        "isolated": int(np.count_nonzero(degree == 0)),
+        "mean_degree": float(degree.mean()) if num_nodes else 0.0,
+        "max_degree": int(degree.max()) if num_nodes else 0,
+        "max_in_degree": int(in_degree.max()) if num_nodes else 0,
+        "connected_components": len(components),
+        "largest_component_fraction": max(components) / num_nodes if num_nodes else 0.0,
+        "average_clustering": float(nx.average_clustering(graph)) if num_nodes else 0.0,
+    }
+
+
+def degree_histogram(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
+    """Number of tokens with undirected degree 0, 1, 2, ..."""
+    return np.bincount(degrees(undirected_graph(np.asarray(src), np.asarray(dst), num_nodes)))
+
+
+def write_degree_csv(path: Path, histograms: dict[str, np.ndarray]) -> None:
+    """Wide CSV ``degree,<graph>,...``: one row per degree, every degree up to the largest.
+
+    Wide rather than long because DVC plots draw one line per ``y`` column of one file.
+    """
+    length = max(len(h) for h in histograms.values())
+    names = list(histograms)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["degree", *names])
+        for degree in range(length):
+            writer.writerow([degree, *(int(histograms[n][degree]) if degree < len(histograms[n]) else 0
+                                       for n in names)])

@@ -1,0 +1,204 @@
+"""On-disk format of the graph files in ``data/graphs/``, and the loaders the model uses.
+
+Three Parquet files, zstd-compressed, rows sorted, fixed row-group size and no timestamps, so the
+same tokens always give the same bytes:
+
+``cooccurrence.parquet``            src int32, dst int32, count int64, weight float32
+``similarity.parquet``              src int32, dst int32, distance float32, weight float32
+``position_token_counts.parquet``   label int32, position int32, token int32, count int64
+
+``weight`` is an entry of the GCN operator ``A_hat = D^-1/2 (A + I) D^-1/2`` at (row ``src``,
+column ``dst``): the model computes ``H' = A_hat @ H``, so row ``src`` aggregates from its ``dst``.
+The co-occurrence file stores the diagonal of ``A_hat`` as its self-loop rows. The similarity file
+stores exactly the k nearest neighbours of each token and no self-loops, so the diagonal
+``1 / d_src`` is implicit; :func:`load_edges` rebuilds it from the file's distances and the
+``alpha`` / distance scale kept in its Parquet metadata (see :mod:`pipeline.graphs.similarity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.graphs.normalisation import similarity_self_loops
+
+COOCCURRENCE_FILE = "cooccurrence.parquet"
+SIMILARITY_FILE = "similarity.parquet"
+POSITION_TOKEN_COUNTS_FILE = "position_token_counts.parquet"
+
+META_PREFIX = "kamig."
+# Fixed so that the bytes never depend on how the rows were produced (one pass or many).
+ROW_GROUP_SIZE = 1 << 20
+
+COOCCURRENCE_SCHEMA = pa.schema(
+    [
+        pa.field("src", pa.int32(), nullable=False),
+        pa.field("dst", pa.int32(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+SIMILARITY_SCHEMA = pa.schema(
+    [
+        pa.field("src", pa.int32(), nullable=False),
+        pa.field("dst", pa.int32(), nullable=False),
+        pa.field("distance", pa.float32(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+POSITION_TOKEN_COUNTS_SCHEMA = pa.schema(
+    [
+        pa.field("label", pa.int32(), nullable=False),
+        pa.field("position", pa.int32(), nullable=False),
+        pa.field("token", pa.int32(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+
+def _with_metadata(schema: pa.Schema, metadata: dict[str, str] | None) -> pa.Schema:
+    if not metadata:
+        return schema
+    return schema.with_metadata({f"{META_PREFIX}{k}".encode(): v.encode() for k, v in metadata.items()})
+
+
+def table_from_columns(schema: pa.Schema, columns: dict[str, np.ndarray],
+                       metadata: dict[str, str] | None = None) -> pa.Table:
+    """Build a table with exactly ``schema``'s types (casting numpy columns as needed)."""
+    arrays = [pa.array(np.asarray(columns[f.name], dtype=f.type.to_pandas_dtype()), type=f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=_with_metadata(schema, metadata))
+
+
+class TableWriter:
+    """Writes a Parquet file in fixed-size row groups, whatever the sizes of the appended pieces.
+
+    Buffering to exact ``ROW_GROUP_SIZE`` boundaries makes a file written in several passes
+    byte-identical to the same rows written at once.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[str, str] | None = None):
+        self.schema = _with_metadata(schema, metadata) if metadata else schema
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_statistics=True)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        table = table.replace_schema_metadata(self.schema.metadata)
+        self._pending.append(table)
+        self._pending_rows += len(table)
+        self.rows += len(table)
+        if self._pending_rows >= ROW_GROUP_SIZE:
+            # Contiguous columns: how the pieces were chunked must not leak into page boundaries.
+            merged = pa.concat_tables(self._pending).combine_chunks()
+            full = (len(merged) // ROW_GROUP_SIZE) * ROW_GROUP_SIZE
+            self._writer.write_table(merged.slice(0, full), row_group_size=ROW_GROUP_SIZE)
+            rest = merged.slice(full)
+            self._pending, self._pending_rows = [rest], len(rest)
+
+    def close(self) -> None:
+        if self._pending_rows or self.rows == 0:
+            pieces = self._pending or [self.schema.empty_table()]
+            merged = pa.concat_tables(pieces).combine_chunks()
+            self._writer.write_table(merged, row_group_size=ROW_GROUP_SIZE)
+        self._writer.close()
+
+    def abort(self) -> None:
+        """Release the file after a failure (the caller's atomic directory discards it)."""
+        self._writer.close()
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """Write one whole table with the fixed layout (callers write inside an atomic directory)."""
+    writer = TableWriter(path, table.schema)
+    writer.write(table)
+    writer.close()
+
+
+def read_file_metadata(path: str | Path) -> dict[str, str]:
+    """The ``kamig.*`` key-value metadata of a graph file, prefix removed."""
+    raw = pq.read_schema(path).metadata or {}
+    return {k.decode()[len(META_PREFIX):]: v.decode() for k, v in raw.items()
+            if k.decode().startswith(META_PREFIX)}
+
+
+def _read(path: str | Path, schema: pa.Schema) -> pa.Table:
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"graph file {path} not found: run `dvc repro graphs`")
+    table = pq.read_table(path)
+    if not table.schema.remove_metadata().equals(schema):
+        raise PipelineError(f"graph file {path} has schema {table.schema.remove_metadata()}, "
+                            f"expected {schema}")
+    return table
+
+
+def load_edges(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-zero entries of the normalised operator ``A_hat`` stored in a graph file.
+
+    Returns ``(src int64, dst int64, weight float32)``, sorted by (src, dst): build a sparse
+    matrix with rows ``src`` and columns ``dst`` and compute ``H' = A_hat @ H``. For the
+    similarity graph the implicit diagonal ``1 / d_v`` of every token (1 for tokens without
+    neighbours) is added, so both graphs come back as the complete operator.
+    """
+    path = Path(path)
+    schema = pq.read_schema(path).remove_metadata() if path.is_file() else None
+    if schema is not None and schema.equals(SIMILARITY_SCHEMA):
+        table = _read(path, SIMILARITY_SCHEMA)
+        return _similarity_operator(table, read_file_metadata(path), path)
+    table = _read(path, COOCCURRENCE_SCHEMA)
+    return (
+        table.column("src").to_numpy().astype(np.int64),
+        table.column("dst").to_numpy().astype(np.int64),
+        table.column("weight").to_numpy().astype(np.float32),
+    )
+
+
+def _similarity_operator(table: pa.Table, meta: dict[str, str],
+                         path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        num_tokens = int(meta["num_tokens"])
+        alpha, scale = float(meta["alpha"]), float(meta["distance_scale"])
+    except (KeyError, ValueError) as exc:
+        raise PipelineError(f"graph file {path} lacks its similarity metadata ({exc}): rebuild it") from exc
+    src = table.column("src").to_numpy().astype(np.int64)
+    dst = table.column("dst").to_numpy().astype(np.int64)
+    weight = table.column("weight").to_numpy().astype(np.float32)
+    distance = table.column("distance").to_numpy()
+    diagonal = similarity_self_loops(src, distance, alpha, scale, num_tokens)
+    nodes = np.arange(num_tokens, dtype=np.int64)
+    src, dst = np.concatenate([src, nodes]), np.concatenate([dst, nodes])
+    weight = np.concatenate([weight, diagonal])
+    order = np.lexsort((dst, src))
+    return src[order], dst[order], weight[order]
+
+
+@dataclass(frozen=True)
+class PositionTokenCounts:
+    """Observed (label, position, token) triples with their counts, sorted by (label, position, token)."""
+
+    label: np.ndarray
+    position: np.ndarray
+    token: np.ndarray
+    count: np.ndarray
+
+    def compatible(self, min_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(label, position, token) of the compatible triples, those with ``count >= min_count``.
+
+        Every other (c, p, t) in num_classes x positions x vocabulary is incompatible.
+        """
+        keep = self.count >= min_count
+        return self.label[keep], self.position[keep], self.token[keep]
+
+
+def load_position_token_counts(path: str | Path) -> PositionTokenCounts:
+    """Read ``position_token_counts.parquet`` as int64 numpy columns."""
+    table = _read(path, POSITION_TOKEN_COUNTS_SCHEMA)
+    return PositionTokenCounts(*(table.column(name).to_numpy().astype(np.int64)
+                                 for name in ("label", "position", "token", "count")))

@@ -1,0 +1,216 @@
+"""Evaluation metrics shared by the ``reference`` and ``evaluate`` stages.
+
+- :mod:`pipeline.metrics.fid`: Gaussian statistics and the Fréchet distance (float64, symmetric);
+- :mod:`pipeline.metrics.precision_recall`: Kynkäänniemi et al. k-NN manifolds (FAISS radii);
+- :mod:`pipeline.metrics.classifier`: the domain CNN (features for the domain FID, logits for
+  class accuracy);
+- :mod:`pipeline.metrics.inception`: the offline TF-ported InceptionV3 (standard FID).
+
+This module ties them together: one pass over image batches extracts every feature set
+(:func:`extract_features`), the reference features are saved and loaded as npz files
+(:func:`save_reference` / :func:`load_reference`), and :func:`score` turns generated features plus
+the reference into the fixed metric keys of ``metrics/eval_<variant>.json``.
+
+Feature spaces: the domain FID always uses the classifier features. Precision/recall use the
+Inception features when ``eval.inception`` is on (as ADM / MaskGIT report them on ImageNet) and
+the classifier features otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_dir
+from pipeline.metrics.classifier import DomainClassifier, accuracy, to_unit
+from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats, load_stats
+from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor
+from pipeline.metrics.precision_recall import precision_recall
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = (
+    "fid",
+    "fid_inception",
+    "inception_score",
+    "precision",
+    "recall",
+    "class_accuracy",
+    "n_samples",
+    "sampling_images_per_s",
+)
+DOMAIN_FILE = "domain.npz"
+INCEPTION_FILE = "inception.npz"
+INFO_FILE = "info.json"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Everything measured on one image set (rows aligned)."""
+
+    domain: np.ndarray  # (N, F) classifier penultimate features
+    logits: np.ndarray  # (N, K) classifier logits
+    labels: np.ndarray  # (N,) true (real) or requested (generated) class
+    inception: np.ndarray | None = None  # (N, 2048) pool3 features, when enabled
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@torch.inference_mode()
+def extract_features(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    classifier: DomainClassifier,
+    inception: InceptionExtractor | None = None,
+    device: str | torch.device = "cpu",
+    total: int | None = None,
+    desc: str = "features",
+) -> FeatureSet:
+    """One pass over (uint8 images (B, C, H, W), labels (B,)) batches through every extractor."""
+    classifier.eval()
+    domain, logits, labels, pool3 = [], [], [], []
+    with tqdm(total=total, desc=desc, unit="img") as progress:
+        for images, batch_labels in batches:
+            features, z = classifier.features_and_logits(to_unit(images.to(device)))
+            domain.append(features.float().cpu().numpy())
+            logits.append(z.float().cpu().numpy())
+            labels.append(np.asarray(batch_labels, dtype=np.int64))
+            if inception is not None:
+                pool3.append(inception(images))
+            progress.update(len(images))
+    if not labels:
+        raise PipelineError("no images to evaluate")
+    return FeatureSet(
+        domain=np.concatenate(domain),
+        logits=np.concatenate(logits),
+        labels=np.concatenate(labels),
+        inception=np.concatenate(pool3) if inception is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The cached reference (data/reference/)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reference:
+    domain: np.ndarray
+    domain_stats: GaussianStats
+    inception: np.ndarray | None = None
+    inception_stats: GaussianStats | None = None
+
+
+def _save_npz(path: Path, features: np.ndarray, stats: GaussianStats, **extra: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.savez(handle, features=features.astype(np.float32), mu=stats.mu, sigma=stats.sigma,
+                 count=np.int64(stats.count), **extra)
+
+
+def save_reference(
+    directory: str | Path,
+    features: FeatureSet,
+    info: dict[str, Any],
+    inception_stats: GaussianStats | None = None,
+) -> Reference:
+    """Write ``domain.npz`` (+ ``inception.npz``) and ``info.json`` atomically as one directory.
+
+    ``inception_stats`` overrides the statistics computed from the reference Inception features
+    (``eval.reference_npz``: ADM's ImageNet reference batch); the features are kept for recall.
+    """
+    domain_stats = feature_stats(features.domain)
+    if features.inception is not None and inception_stats is None:
+        inception_stats = feature_stats(features.inception)
+    with atomic_dir(directory) as tmp:
+        _save_npz(tmp / DOMAIN_FILE, features.domain, domain_stats, labels=features.labels)
+        if features.inception is not None and inception_stats is not None:
+            _save_npz(tmp / INCEPTION_FILE, features.inception, inception_stats)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return Reference(features.domain, domain_stats, features.inception, inception_stats)
+
+
+def _load_features(path: Path) -> tuple[np.ndarray, GaussianStats]:
+    stats = load_stats(path)
+    with np.load(path) as data:
+        features = np.asarray(data["features"], np.float32)
+    return features, stats
+
+
+def load_reference(directory: str | Path, need_inception: bool) -> Reference:
+    directory = Path(directory)
+    domain_path = directory / DOMAIN_FILE
+    if not domain_path.is_file():
+        raise PipelineError(f"{domain_path} not found: run `dvc repro reference`")
+    domain, domain_stats = _load_features(domain_path)
+    inception = inception_stats = None
+    if need_inception:
+        path = directory / INCEPTION_FILE
+        if not path.is_file():
+            raise PipelineError(
+                f"{path} not found although eval.inception is true: run `dvc repro reference`"
+            )
+        inception, inception_stats = _load_features(path)
+        if inception_stats.dim != INCEPTION_DIM:
+            raise PipelineError(f"{path}: {inception_stats.dim}-d statistics, expected {INCEPTION_DIM}")
+    return Reference(domain, domain_stats, inception, inception_stats)
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+# --------------------------------------------------------------------------------------------
+
+
+def score(
+    generated: FeatureSet,
+    reference: Reference,
+    pr_k: int,
+    device: str | torch.device = "cpu",
+    sampling_images_per_s: float | None = None,
+) -> dict[str, float | int | None]:
+    """The fixed metric keys of ``metrics/eval_*.json`` (Inception keys null when it is off)."""
+    use_inception = generated.inception is not None
+    if use_inception and reference.inception is None:
+        raise PipelineError("Inception features were extracted but the reference has none: re-run reference")
+    fid = fid_from_stats(feature_stats(generated.domain), reference.domain_stats)
+    fid_inception = None
+    if use_inception:
+        assert reference.inception_stats is not None
+        fid_inception = fid_from_stats(feature_stats(generated.inception), reference.inception_stats)
+    if use_inception:
+        pr = precision_recall(reference.inception, generated.inception, k=pr_k, device=device)
+    else:
+        pr = precision_recall(reference.domain, generated.domain, k=pr_k, device=device)
+    result: dict[str, float | int | None] = {
+        "fid": fid,
+        "fid_inception": fid_inception,
+        # The offline TF-ported Inception stops at pool3 (no classification layer): see
+        # pipeline.metrics.inception. The key stays so every eval file has the same shape.
+        "inception_score": None,
+        "precision": pr.precision,
+        "recall": pr.recall,
+        "class_accuracy": accuracy(generated.logits, generated.labels),
+        "n_samples": len(generated),
+        "sampling_images_per_s": sampling_images_per_s,
+    }
+    assert tuple(result) == METRIC_KEYS
+    return result
+
+
+__all__ = [
+    "METRIC_KEYS",
+    "FeatureSet",
+    "Reference",
+    "extract_features",
+    "load_reference",
+    "save_reference",
+    "score",
+]

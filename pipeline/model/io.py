@@ -1,0 +1,132 @@
+"""A generator on disk: ``models/<variant>/`` holds ``model.safetensors`` and ``config.json``.
+
+``config.json`` records everything needed to rebuild the module without ``params.yaml``:
+
+* ``architecture``: the :class:`GeneratorSpec`;
+* ``adapter``: the :class:`AdapterSettings` (graphs used, negative_at, GCN layers, fusion weight,
+  min_count), or null for the base model. The graphs themselves are buffers in the weights file;
+* ``tokens``: the token meta the model was trained on, including the tokenizer fingerprint, so a
+  model is never silently used with tokens from another tokenizer or grid;
+* ``variant`` and ``weights``: "ema" (only the EMA weights are saved; they are what samples).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_dir
+from pipeline.model.knowledge import POSITIVE_GRAPHS, AdapterSettings, KnowledgeAdapter, KnowledgeGraphs
+from pipeline.model.transformer import GeneratorSpec, MaskGIT
+from pipeline.shards import TokenMeta
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+def build_generator(
+    spec: GeneratorSpec, settings: AdapterSettings | None = None, graphs: KnowledgeGraphs | None = None
+) -> MaskGIT:
+    """A fresh model; with ``settings`` and ``graphs`` it carries a (zero-initialised) adapter."""
+    adapter = None
+    if settings is not None:
+        if graphs is None:
+            raise ValueError("an adapter needs its graphs")
+        adapter = KnowledgeAdapter(spec.dim, spec.depth, graphs, settings)
+    return MaskGIT(spec, adapter)
+
+
+def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token_meta: TokenMeta) -> None:
+    """Atomically write the weights (as given: pass the EMA model) and ``config.json``."""
+    adapter = model.adapter
+    config = {
+        "format": FORMAT_VERSION,
+        "variant": variant,
+        "weights": "ema",
+        "architecture": model.spec.to_dict(),
+        "adapter": None if adapter is None else adapter.settings.to_dict(),
+        "tokens": asdict(token_meta),
+    }
+    state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    with atomic_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_generator_config(model_dir: str | Path) -> dict[str, Any]:
+    path = Path(model_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: train the model first (dvc repro)")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PipelineError(f"{path} is not valid JSON: {exc}") from exc
+    if config.get("format") != FORMAT_VERSION:
+        raise PipelineError(f"{path} has format {config.get('format')!r}, expected {FORMAT_VERSION}")
+    return config
+
+
+def check_token_meta(model_dir: str | Path, model_tokens: dict[str, Any], expected: TokenMeta) -> None:
+    """Fail clearly when a model was trained on other tokens than the ones at hand."""
+    actual = TokenMeta(**model_tokens)
+    if actual == expected:
+        return
+    diffs = [
+        f"{name}: model {getattr(actual, name)!r} vs tokens {getattr(expected, name)!r}"
+        for name in asdict(expected)
+        if getattr(actual, name) != getattr(expected, name)
+    ]
+    raise PipelineError(
+        f"{model_dir} was trained on different tokens than data/tokens ({'; '.join(diffs)}); "
+        "re-run the training stages (dvc repro)"
+    )
+
+
+def _graphs_from_state(spec: GeneratorSpec, state: dict[str, torch.Tensor], prefix: str) -> KnowledgeGraphs:
+    graphs = KnowledgeGraphs(spec.codebook_size, spec.num_classes, spec.seq_len)
+    for name in POSITIVE_GRAPHS:
+        if f"{prefix}{name}_crow" in state:
+            graphs.edges[name] = tuple(state[f"{prefix}{name}_{part}"] for part in ("crow", "col", "weight"))
+    graphs.compatible_ptr = state.get(f"{prefix}compatible_ptr")
+    graphs.compatible_tokens = state.get(f"{prefix}compatible_tokens")
+    return graphs
+
+
+def load_generator(
+    model_dir: str | Path, device: str | torch.device = "cpu", expected_meta: TokenMeta | None = None
+) -> MaskGIT:
+    """Load ``models/<variant>/`` in eval mode with its EMA weights (and adapter, if it has one).
+
+    With ``expected_meta`` (e.g. ``read_meta("data/tokens")``), a model trained on other tokens
+    (tokenizer fingerprint, grid, codebook or class count) raises :class:`PipelineError`.
+    """
+    model_dir = Path(model_dir)
+    config = read_generator_config(model_dir)
+    if expected_meta is not None:
+        check_token_meta(model_dir, config["tokens"], expected_meta)
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise PipelineError(f"{weights} not found: train the model first (dvc repro)")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise PipelineError(f"cannot read {weights}: {exc}") from exc
+
+    spec = GeneratorSpec(**config["architecture"])
+    settings = None if config["adapter"] is None else AdapterSettings.from_dict(config["adapter"])
+    graphs = None if settings is None else _graphs_from_state(spec, state, "adapter.")
+    model = build_generator(spec, settings, graphs)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise PipelineError(f"{weights} does not match {model_dir / CONFIG_FILE}: {exc}") from exc
+    model.token_meta = TokenMeta(**config["tokens"])
+    model.variant = config["variant"]
+    return model.to(device).eval()

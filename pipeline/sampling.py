@@ -1,0 +1,188 @@
+"""MaskGIT parallel decoding (Chang et al., 2022) as one pure function, plus its per-step plan.
+
+Decoding starts from an all-masked sequence and runs ``T`` steps. At step ``t`` (0-based):
+
+1. logits of every position, with classifier-free guidance ``cond + s_t * (cond - uncond)``; the
+   conditional and unconditional passes run as one batch (the null class labels the second half);
+2. a token is sampled at every masked position from ``softmax(logits / temperature_t)``;
+3. its confidence is its log-probability plus Gumbel noise scaled by the annealed choice
+   temperature ``choice_temperature * (1 - (t + 1) / T)``; already decoded positions get +inf;
+4. the ``masked_after[t]`` least confident positions are masked again, the rest are kept.
+
+Since decoded positions have infinite confidence and ``masked_after`` is non-increasing, a decoded
+token never changes, and ``masked_after[-1] == 0`` leaves nothing masked.
+
+The per-step numbers (how many tokens stay masked, temperatures, guidance scale) form a
+:class:`DecodePlan`: built from the mask schedule and the scalar ``sample.*`` params, or given
+explicitly per step (AutoNAT style) through ``sample.strategy``.
+
+The decoder does not know the model class: it takes ``logits_fn(tokens, labels) -> logits``, so
+the same function serves every variant (and tests use a tiny fake model). All randomness comes
+from the ``torch.Generator`` passed in: the same generator state gives the same tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from pipeline.config import SampleConfig
+from pipeline.schedules import masked_counts
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """Per-step decoding settings; every tuple has one entry per step."""
+
+    masked_after: tuple[int, ...]  # tokens still masked after each step (ends at 0)
+    temperature: tuple[float, ...]  # sampling temperature
+    choice_temperature: tuple[float, ...]  # Gumbel scale of the confidence (already annealed)
+    cfg: tuple[float, ...]  # classifier-free guidance scale
+
+    def __post_init__(self) -> None:
+        steps = len(self.masked_after)
+        if steps < 1:
+            raise ValueError("a decode plan needs at least one step")
+        for name in ("temperature", "choice_temperature", "cfg"):
+            if len(getattr(self, name)) != steps:
+                raise ValueError(f"plan.{name} has {len(getattr(self, name))} entries, expected {steps}")
+        if any(b > a for a, b in zip(self.masked_after, self.masked_after[1:])) or self.masked_after[-1]:
+            raise ValueError(f"masked_after must be non-increasing and end at 0, got {self.masked_after}")
+        if any(t <= 0 for t in self.temperature):
+            raise ValueError(f"temperatures must be > 0, got {self.temperature}")
+
+    @property
+    def steps(self) -> int:
+        return len(self.masked_after)
+
+
+def counts_from_ratios(ratios: list[float] | tuple[float, ...], seq_len: int) -> tuple[int, ...]:
+    """Per-step mask ratios -> tokens still masked, revealing at least one token per step when possible."""
+    counts, previous = [], seq_len
+    for ratio in ratios:
+        remaining = max(0, min(math.floor(ratio * seq_len), previous - 1))
+        counts.append(remaining)
+        previous = remaining
+    counts[-1] = 0
+    return tuple(counts)
+
+
+def decode_plan(cfg: SampleConfig, seq_len: int) -> DecodePlan:
+    """The plan for ``sample.*``: schedule-derived values, overridden per key by ``sample.strategy``."""
+    steps = cfg.steps
+    masked_after = tuple(masked_counts(cfg.schedule, steps, seq_len))
+    temperature = (cfg.temperature,) * steps
+    # MaskGIT anneals the confidence noise to zero at the last step: early steps explore which
+    # positions to commit, late steps trust the model.
+    choice = tuple(cfg.choice_temperature * (1.0 - (t + 1) / steps) for t in range(steps))
+    if cfg.cfg_schedule == "linear" and steps > 1:
+        # Ramp from no guidance at the first step to the full scale at the last (diversity early,
+        # fidelity late), as in the public MaskGIT re-implementations.
+        guidance = tuple(cfg.cfg * t / (steps - 1) for t in range(steps))
+    else:
+        guidance = (cfg.cfg,) * steps
+    strategy = cfg.strategy or {}
+    if "mask_ratio" in strategy:
+        masked_after = counts_from_ratios(strategy["mask_ratio"], seq_len)
+    return DecodePlan(
+        masked_after=masked_after,
+        temperature=tuple(strategy.get("temperature", temperature)),
+        choice_temperature=tuple(strategy.get("choice_temperature", choice)),
+        cfg=tuple(strategy.get("cfg", guidance)),
+    )
+
+
+def guided_logits(
+    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, null_class: int, scale: float
+) -> torch.Tensor:
+    """``cond + scale * (cond - uncond)`` in float32; one batched pass (scale 0: conditional only)."""
+    if scale == 0.0:
+        return logits_fn(tokens, labels).float()
+    batch = tokens.shape[0]
+    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_class)]))
+    cond, uncond = both.float().split(batch)
+    return cond + scale * (cond - uncond)
+
+
+def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0)
+    return -torch.log((-torch.log(uniform)).clamp_min(1e-20))
+
+
+@torch.no_grad()
+def maskgit_decode(
+    logits_fn: LogitsFn,
+    labels: torch.Tensor,
+    *,
+    seq_len: int,
+    mask_id: int,
+    null_class: int,
+    plan: DecodePlan,
+    generator: torch.Generator,
+    on_step: StepCallback | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Decode ``len(labels)`` token sequences (B, seq_len) int64, all positions filled.
+
+    ``logits_fn(tokens (B', L) int64, labels (B',) int64) -> (B', L, V)``: masked positions hold
+    ``mask_id``; label ``null_class`` asks for the unconditional prediction. ``on_step(t, tokens)``
+    is called after every step (tests and visualisations).
+    """
+    device = labels.device
+    batch = labels.shape[0]
+    tokens = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
+    for step in tqdm(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress):
+        logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
+        if logits.shape[:2] != (batch, seq_len):
+            raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {seq_len}, V)")
+        log_probs = torch.log_softmax(logits / plan.temperature[step], dim=-1)
+        # Gumbel-max: argmax(log p + g) is an exact sample from p, drawn from our generator.
+        sampled = (log_probs + _gumbel(log_probs.shape, generator, device)).argmax(dim=-1)
+        masked = tokens == mask_id
+        sampled = torch.where(masked, sampled, tokens)
+
+        confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        noise_scale = plan.choice_temperature[step]
+        if noise_scale > 0:
+            confidence = confidence + noise_scale * _gumbel(confidence.shape, generator, device)
+        confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf))
+
+        tokens = sampled
+        keep_masked = plan.masked_after[step]
+        if keep_masked > 0:
+            # Every row has the same number of masked positions (same plan), so one topk serves
+            # the batch; decoded positions (+inf) are never among the least confident.
+            remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
+            tokens = tokens.scatter(1, remask, mask_id)
+        if on_step is not None:
+            on_step(step, tokens)
+    return tokens
+
+
+# --------------------------------------------------------------------------------------------
+# Batching and seeding for the sample stage
+# --------------------------------------------------------------------------------------------
+
+
+def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """``per_class`` copies of each class, class-major: [0]*per_class + [1]*per_class + ..."""
+    return torch.arange(num_classes, dtype=torch.long).repeat_interleave(per_class)
+
+
+def batch_generator(seed: int, batch_index: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of one batch, derived from (seed, batch index) only.
+
+    Seeding per batch rather than once for the whole run makes a batch's samples independent of
+    which batches ran before it, so work can be split across processes (one per range of batches)
+    with byte-identical results.
+    """
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + batch_index) % (2**63 - 1))
+    return generator

@@ -1,0 +1,134 @@
+"""Stages ``evaluate@{base,control,kamig}`` and ``evaluate_real``: ``metrics/eval_<name>.json``.
+
+A variant's samples (``data/samples/<variant>``) are decoded by the tokenizer, quantised to uint8
+like the real images, and scored against the cached reference (``data/reference``):
+
+    fid                    Fréchet distance of the domain-classifier features, samples vs reference
+    fid_inception          the same on InceptionV3 pool3 features (null unless eval.inception)
+    inception_score        null: the offline Inception port has no classification layer
+    precision, recall      Kynkäänniemi et al., k = eval.pr_k (Inception features when on)
+    class_accuracy         the classifier's accuracy at predicting the requested class
+    n_samples              images scored
+    sampling_images_per_s  token generation throughput, from metrics/sample_<variant>.json
+
+``real`` scores real train images instead (the floor): as many as one variant samples
+(``num_classes * sample.per_class``, or ``eval.real_samples``), a fixed deterministic subset; its
+``sampling_images_per_s`` is null.
+
+Usage: ``python -m pipeline.stages.evaluate base|control|kamig|real``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.files import read_json, write_json
+from pipeline.metrics import FeatureSet, extract_features, load_reference, score
+from pipeline.metrics.classifier import load_classifier, quantize
+from pipeline.metrics.inception import InceptionExtractor
+from pipeline.shards import load_split
+from pipeline.stages.reference import (
+    CLASSIFIER_DIR,
+    REFERENCE_DIR,
+    dataset_batches,
+    deterministic_subset,
+    pick_device,
+)
+from pipeline.stages.sample import SAMPLES_SPLIT, TOKENIZER_DIR, VARIANTS, sample_paths
+
+log = logging.getLogger(__name__)
+
+REAL = "real"
+REAL_SALT = 1
+
+
+def eval_path(name: str) -> Path:
+    return Path("metrics") / f"eval_{name}.json"
+
+
+def decoded_batches(
+    tokenizer: torch.nn.Module, tokens: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode token rows to uint8 images batch by batch (never all images in memory at once)."""
+    for first in range(0, len(tokens), batch_size):
+        batch = torch.from_numpy(tokens[first : first + batch_size]).long().to(device)
+        with torch.inference_mode():
+            images = quantize(tokenizer.decode(batch))
+        yield images, torch.from_numpy(labels[first : first + batch_size].astype(np.int64))
+
+
+def sample_features(cfg: Config, variant: str, classifier, inception, device: torch.device) -> FeatureSet:
+    from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
+
+    samples_dir, _, _ = sample_paths(variant)
+    split = load_split(samples_dir / SAMPLES_SPLIT)
+    if tokenizer_fingerprint(TOKENIZER_DIR) != split.meta.tokenizer_fingerprint:
+        raise PipelineError(
+            f"{samples_dir} was sampled with another tokenizer than {TOKENIZER_DIR}: re-run dvc repro"
+        )
+    tokenizer = load_tokenizer(TOKENIZER_DIR, device)
+    return extract_features(
+        decoded_batches(tokenizer, split.tokens, split.labels, cfg.eval.batch_size, device),
+        classifier, inception, device, total=len(split), desc=f"evaluate {variant}",
+    )
+
+
+def real_count(cfg: Config, num_classes: int) -> int:
+    return cfg.eval.real_samples or num_classes * cfg.sample.per_class
+
+
+def real_features(cfg: Config, classifier, inception, device: torch.device) -> FeatureSet:
+    from pipeline.data import ImageDataset, num_classes
+
+    dataset = ImageDataset(cfg, "train")
+    indices = deterministic_subset(len(dataset), real_count(cfg, num_classes()), REAL_SALT)
+    return extract_features(
+        dataset_batches(dataset, indices, cfg.eval.batch_size, cfg.data.workers),
+        classifier, inception, device, total=len(indices), desc="evaluate real",
+    )
+
+
+def body(cfg: Config, name: str) -> None:
+    if name not in (*VARIANTS, REAL):
+        raise PipelineError(f"unknown evaluation {name!r}; choose one of {[*VARIANTS, REAL]}")
+    device = pick_device()
+    reference = load_reference(REFERENCE_DIR, need_inception=cfg.eval.inception)
+    classifier = load_classifier(CLASSIFIER_DIR, device)
+    inception = InceptionExtractor(device, cfg.eval.inception_resize) if cfg.eval.inception else None
+    if name == REAL:
+        features, throughput = real_features(cfg, classifier, inception, device), None
+    else:
+        features = sample_features(cfg, name, classifier, inception, device)
+        _, _, sample_metrics = sample_paths(name)
+        if not sample_metrics.is_file():
+            raise PipelineError(f"{sample_metrics} not found: run `dvc repro sample@{name}`")
+        throughput = float(read_json(sample_metrics)["images_per_s"])
+    metrics = score(features, reference, cfg.eval.pr_k, device, sampling_images_per_s=throughput)
+    write_json(eval_path(name), metrics)
+    log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in metrics.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.stages.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("name", choices=[*VARIANTS, REAL])
+    args = parser.parse_args(argv)
+    from pipeline.stages.common import run_stage
+
+    stage = "evaluate_real" if args.name == REAL else f"evaluate@{args.name}"
+    run_stage(stage, functools.partial(body, name=args.name), outputs=[eval_path(args.name)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Training and evaluation of the VQ-VAE tokenizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from pipeline.config import TokenizerConfig
+from pipeline.tokenizer.base import Tokenizer
+from pipeline.tokenizer.vqvae import VQVAE
+
+
+def build_vqvae(cfg: TokenizerConfig, channels: int, image_size: int) -> VQVAE:
+    return VQVAE(
+        channels=channels,
+        image_size=image_size,
+        hidden=cfg.hidden,
+        code_dim=cfg.code_dim,
+        codebook_size=cfg.codebook_size,
+        downsamples=cfg.downsamples,
+        res_blocks=cfg.res_blocks,
+        ema_decay=cfg.ema_decay,
+        dead_threshold=cfg.dead_threshold,
+    )
+
+
+def random_batches(images: np.ndarray, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled epochs over an in-memory uint8 array, as float batches in [0, 1]."""
+    data = torch.from_numpy(images)
+    while True:
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield data[order[start : start + batch_size]].float() / 255.0
+
+
+def loader_batches(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor]:
+    """Endless epochs over a DataLoader of (uint8 images, label, id), for sources not held in memory."""
+    while True:
+        for images, _, _ in loader:
+            yield images.float() / 255.0
+
+
+def train_vqvae(
+    model: VQVAE,
+    batches: Iterator[torch.Tensor],
+    cfg: TokenizerConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> list[float]:
+    """Optimise reconstruction + commitment; returns the loss per step."""
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    warmup = min(100, cfg.steps // 10)
+
+    def lr_lambda(step: int) -> float:
+        # Short warmup, then cosine decay to 10%: reconstructions sharpen at the end.
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    losses = []
+    progress = tqdm(range(cfg.steps), desc="tokenizer: training", unit="step")
+    for _ in progress:
+        images = next(batches).to(device)
+        recon, _, commitment = model(images, generator)
+        loss = F.mse_loss(recon, images) + cfg.commitment * commitment
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if len(losses) % 25 == 0:
+            progress.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+    return losses
+
+
+@dataclass
+class TokenizerReport:
+    recon_mse: float
+    psnr: float
+    codebook_usage: float
+    perplexity: float
+    grid_h: int
+    grid_w: int
+    codebook_size: int
+
+
+@torch.no_grad()
+def evaluate_tokenizer(
+    tokenizer: Tokenizer, images: Iterator[torch.Tensor], device: torch.device
+) -> TokenizerReport:
+    """Reconstruction quality and codebook statistics over ``images`` (float batches in [0, 1])."""
+    tokenizer.to(device).eval()
+    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.float64)
+    squared_error, psnr_sum, n_images, n_pixels = 0.0, 0.0, 0, 0
+    for batch in images:
+        batch = batch.to(device)
+        tokens = tokenizer.encode(batch)
+        recon = tokenizer.decode(tokens)
+        per_image = (recon - batch).pow(2).flatten(1).mean(1).double()
+        squared_error += float(per_image.sum()) * batch[0].numel()
+        psnr_sum += float((10 * torch.log10(1.0 / per_image.clamp_min(1e-10))).sum())
+        n_images += batch.shape[0]
+        n_pixels += batch.numel()
+        counts += torch.bincount(tokens.flatten().cpu(), minlength=tokenizer.codebook_size).double()
+    probabilities = counts / counts.sum()
+    entropy = -(probabilities[probabilities > 0] * probabilities[probabilities > 0].log()).sum()
+    grid_h, grid_w = tokenizer.grid
+    return TokenizerReport(
+        recon_mse=squared_error / n_pixels,
+        psnr=psnr_sum / n_images,
+        codebook_usage=float((counts > 0).double().mean()),
+        perplexity=float(entropy.exp()),
+        grid_h=grid_h,
+        grid_w=grid_w,
+        codebook_size=tokenizer.codebook_size,
+    )

@@ -1,0 +1,357 @@
+"""KA-MIG adapter: zero-init equivalence, masking, gradients, GCN maths, negative term, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.model import (
+    AdapterSettings,
+    GeneratorSpec,
+    MaskGIT,
+    build_generator,
+    load_generator,
+    load_knowledge_graphs,
+    save_generator,
+)
+from pipeline.model.knowledge import GCN
+from pipeline.shards import TokenMeta
+from tests.helpers import write_graph_files
+
+V, C, H, W = 24, 3, 3, 3
+L = H * W
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models are dominated by threading overhead; on a shared 2-core machine two busy-waiting
+    OpenMP threads make them ~100x slower. One thread keeps these tests fast and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# --------------------------------------------------------------------------------------------
+# Toy data (shared with test_train.py); graph files come from the graphs stage itself
+# --------------------------------------------------------------------------------------------
+
+
+def toy_data(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens with class structure: class c uses mostly tokens from its own third of the codebook."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, C, n)
+    tokens = (labels[:, None] * (V // C) + rng.integers(0, V // C, (n, L))) % V
+    noise = rng.random((n, L)) < 0.1
+    tokens[noise] = rng.integers(0, V, noise.sum())
+    return tokens.astype(np.int64), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tokens, labels = toy_data()
+    return write_graph_files(tmp_path_factory.mktemp("graphs"), tokens, labels, V, (H, W))
+
+
+def spec(**overrides) -> GeneratorSpec:
+    return GeneratorSpec(**{"codebook_size": V, "num_classes": C, "seq_len": L, "dim": 16, "depth": 2,
+                            "heads": 2, "dropout": 0.0, **overrides})
+
+
+def make_models(graph_dir: Path, settings: AdapterSettings | None = None, min_count: int = 1,
+                seed: int = 0) -> tuple[MaskGIT, MaskGIT]:
+    """A random base model and a KA-MIG model holding the same backbone weights."""
+    settings = settings or AdapterSettings(min_count=min_count)
+    torch.manual_seed(seed)
+    base = MaskGIT(spec())
+    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
+                                   graphs=settings.graphs, min_count=settings.min_count)
+    kamig = build_generator(spec(), settings, graphs)
+    missing, unexpected = kamig.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(name.startswith("adapter.") for name in missing)
+    return base, kamig
+
+
+def randomise_adapter(model: MaskGIT, seed: int = 1) -> None:
+    """Give the zero-initialised projections real values, as after some training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.adapter.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+
+
+def batch(seed: int = 0, n: int = 6, p_mask: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, V, (n, L), generator=generator)
+    tokens[torch.rand(n, L, generator=generator) < p_mask] = V  # mask_id
+    labels = torch.randint(0, C + 1, (n,), generator=generator)  # includes the null class
+    return tokens, labels
+
+
+# --------------------------------------------------------------------------------------------
+# Equivalence with the base model
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_zero_initialised_adapter_gives_exactly_the_base_logits(graph_dir: Path, training: bool) -> None:
+    base, kamig = make_models(graph_dir)
+    base.train(training)
+    kamig.train(training)
+    tokens, labels = batch()
+    assert torch.equal(base(tokens, labels), kamig(tokens, labels))
+
+
+def test_fusion_weight_zero_gives_exactly_the_base_logits(graph_dir: Path) -> None:
+    base, kamig = make_models(graph_dir, AdapterSettings(weight=0.0))
+    randomise_adapter(kamig)
+    tokens, labels = batch()
+    for mode in (True, False):
+        base.train(mode)
+        kamig.train(mode)
+        assert torch.equal(base(tokens, labels), kamig(tokens, labels))
+    # ... while the same adapter with weight 1 does change them: the test above can fail.
+    with torch.no_grad():
+        kamig.adapter.fusion_weight.fill_(1.0)
+    assert not torch.allclose(base(tokens, labels), kamig(tokens, labels))
+
+
+# --------------------------------------------------------------------------------------------
+# What the adapter injects
+# --------------------------------------------------------------------------------------------
+
+
+def test_masked_positions_receive_no_cooccurrence_or_similarity_signal(graph_dir: Path) -> None:
+    settings = AdapterSettings(graphs=("cooccurrence", "similarity"))
+    _, kamig = make_models(graph_dir, settings)
+    randomise_adapter(kamig)
+    tokens, labels = batch(p_mask=0.5)
+    masked = tokens == kamig.mask_id
+    assert masked.any() and (~masked).any()
+    inject = kamig.adapter(tokens, labels, kamig.token_embeddings)
+    for layer in range(kamig.spec.depth):
+        signal = inject(layer)
+        assert signal.shape == (len(tokens), L + 1, kamig.spec.dim)
+        assert torch.all(signal[:, 0] == 0)  # the class token
+        assert torch.all(signal[:, 1:][masked] == 0)
+        assert torch.all(signal[:, 1:][~masked].abs().sum(-1) > 0)
+    # The output at a masked position still depends on the visible tokens' signal (via attention).
+    other = tokens.clone()
+    other[~masked] = (other[~masked] + 1) % V
+    assert not torch.equal(inject(0), kamig.adapter(other, labels, kamig.token_embeddings)(0))
+
+
+@pytest.mark.parametrize("negative_at", ["all", "masked"])
+def test_negative_term_is_the_mean_of_projected_incompatible_embeddings(
+    graph_dir: Path, negative_at: str
+) -> None:
+    min_count = 2
+    settings = AdapterSettings(graphs=("incompatibility",), negative_at=negative_at, min_count=min_count)
+    _, kamig = make_models(graph_dir, settings)
+    randomise_adapter(kamig)
+    adapter = kamig.adapter
+
+    # Dense reference from the raw counts file: class rows, then the class-marginal null row.
+    table = pq.read_table(graph_dir / "position_token_counts.parquet").to_pydict()
+    counts = np.zeros((C + 1, L, V), dtype=np.int64)
+    np.add.at(counts, (table["label"], table["position"], table["token"]), table["count"])
+    counts[C] = counts[:C].sum(0)
+    incompatible = torch.from_numpy(counts < min_count).float()
+    emb = kamig.token_embeddings.detach()
+    expected_p = (incompatible @ (emb @ adapter.negative_embed.detach())) / incompatible.sum(-1, keepdim=True)
+
+    tokens, labels = batch(p_mask=0.5)
+    inject = adapter(tokens, labels, kamig.token_embeddings)
+    masked = (tokens == kamig.mask_id).float()[..., None]
+    for layer in range(kamig.spec.depth):
+        expected = -(expected_p[labels] @ adapter.projections["incompatibility"][layer].detach())
+        if negative_at == "masked":
+            expected = expected * masked
+        got = inject(layer)
+        assert torch.all(got[:, 0] == 0)
+        torch.testing.assert_close(got[:, 1:], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_null_class_uses_class_marginal_incompatibility(graph_dir: Path) -> None:
+    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
+                                   graphs=("incompatibility",), min_count=1)
+    ptr, toks = graphs.compatible_ptr, graphs.compatible_tokens.long()
+    for position in range(L):
+        union = set()
+        for label in range(C):
+            row = label * L + position
+            union |= set(toks[ptr[row]:ptr[row + 1]].tolist())
+        row = C * L + position
+        assert set(toks[ptr[row]:ptr[row + 1]].tolist()) == union
+
+
+def test_gradients_reach_every_adapter_parameter(graph_dir: Path) -> None:
+    _, kamig = make_models(graph_dir)
+    kamig.train()
+    tokens, labels = batch()
+    # Step 0: the projections are zero, so only they get gradients (the rest sits behind them)...
+    kamig(tokens, labels).logsumexp(-1).mean().backward()
+    for name, param in kamig.adapter.named_parameters():
+        if name.startswith("projections."):
+            assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # ... and once they are non-zero, gradients reach the GCN and negative weights too.
+    kamig.zero_grad()
+    randomise_adapter(kamig)
+    kamig(tokens, labels).logsumexp(-1).mean().backward()
+    for name, param in kamig.adapter.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+# --------------------------------------------------------------------------------------------
+# The GCN
+# --------------------------------------------------------------------------------------------
+
+
+def test_gcn_sparse_matches_dense_reference(graph_dir: Path) -> None:
+    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
+                                   graphs=("cooccurrence",))
+    crow, col, weight = graphs.edges["cooccurrence"]
+    rows = torch.repeat_interleave(torch.arange(V), crow[1:] - crow[:-1])
+    dense = torch.zeros(V, V)
+    dense[rows, col] = weight
+
+    # The file holds D^-1/2 (A + I) D^-1/2 of the binary adjacency the helper built.
+    table = pq.read_table(graph_dir / "cooccurrence.parquet")
+    binary = torch.zeros(V, V, dtype=torch.float64)
+    src, dst = (torch.tensor(table[name].to_numpy(), dtype=torch.long) for name in ("src", "dst"))
+    binary[src, dst] = 1
+    degree = binary.sum(1)
+    normalised = binary / torch.sqrt(degree[:, None] * degree[None, :])
+    torch.testing.assert_close(dense.double(), normalised, rtol=1e-6, atol=1e-7)
+
+    torch.manual_seed(0)
+    gcn = GCN(8, layers=3)
+    with torch.no_grad():
+        for weight_k in gcn.weights:
+            weight_k.add_(torch.randn_like(weight_k) * 0.2)
+    features = torch.randn(V, 8)
+    sparse = torch.sparse_csr_tensor(crow, col, weight, (V, V), check_invariants=True)
+    h, outputs = features, []
+    for k, weight_k in enumerate(gcn.weights):
+        h = dense @ h @ weight_k
+        h = torch.nn.functional.gelu(h) if k < 2 else h
+        outputs.append(h)
+    torch.testing.assert_close(gcn(sparse, features), torch.stack(outputs).mean(0), rtol=1e-5, atol=1e-6)
+    # The adapter's path (a stored transpose for the backward) gives torch's gradients.
+    transpose = dense.T.to_sparse_csr()
+    x = features.clone().requires_grad_(True)
+    gcn(sparse, x).square().sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    gcn(sparse, x, transpose).square().sum().backward()
+    torch.testing.assert_close(x.grad, expected, rtol=1e-5, atol=1e-6)
+    # Row src aggregates from its dst: a one-hot feature at node j reaches exactly A[:, j] != 0.
+    gcn_identity = GCN(V, layers=1)
+    out = gcn_identity(sparse, torch.eye(V))
+    torch.testing.assert_close(out, dense)
+
+
+# --------------------------------------------------------------------------------------------
+# Inference cache
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("negative_at", ["all", "masked"])
+def test_cached_inference_equals_uncached(graph_dir: Path, negative_at: str) -> None:
+    _, kamig = make_models(graph_dir, AdapterSettings(negative_at=negative_at))
+    randomise_adapter(kamig)
+    kamig.eval()
+    tokens, labels = batch()
+    with torch.no_grad():
+        cached = kamig(tokens, labels)
+        assert kamig.adapter._cache is not None
+        again = kamig(tokens, labels)  # served from the cache
+        kamig.adapter.use_cache = False
+        uncached = kamig(tokens, labels)
+    assert torch.equal(cached, again)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-6)
+
+
+def test_cache_is_invalidated_when_weights_change(graph_dir: Path) -> None:
+    _, kamig = make_models(graph_dir)
+    randomise_adapter(kamig)
+    kamig.eval()
+    tokens, labels = batch()
+    with torch.inference_mode():
+        before = kamig(tokens, labels)
+    randomise_adapter(kamig, seed=2)  # an in-place update, as an optimiser step does
+    with torch.no_grad():
+        after = kamig(tokens, labels)
+        kamig.adapter.use_cache = False
+        fresh = kamig(tokens, labels)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-6)
+    # load_state_dict and train() also invalidate it.
+    state = {k: v.clone() for k, v in kamig.state_dict().items()}
+    kamig.adapter.use_cache = True
+    with torch.no_grad():
+        kamig(tokens, labels)
+        state["tok_emb.weight"] += 0.1
+        kamig.load_state_dict(state)
+        reloaded = kamig(tokens, labels)
+        kamig.adapter.use_cache = False
+        torch.testing.assert_close(reloaded, kamig(tokens, labels), rtol=1e-5, atol=1e-6)
+    kamig.train()
+    assert kamig.adapter._cache is None
+
+
+def test_negative_table_falls_back_to_batch_classes_when_over_budget(graph_dir: Path) -> None:
+    _, kamig = make_models(graph_dir)
+    randomise_adapter(kamig)
+    kamig.eval()
+    tokens, labels = batch()
+    with torch.no_grad():
+        full = kamig(tokens, labels)
+        kamig.adapter.cache_bytes = 0
+        kamig.adapter.clear_cache()
+        partial = kamig(tokens, labels)
+    assert "tables" not in kamig.adapter._cache and kamig.adapter._cache["positive"] is not None
+    torch.testing.assert_close(full, partial, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading
+# --------------------------------------------------------------------------------------------
+
+
+def test_saved_kamig_model_is_self_contained(graph_dir: Path, tmp_path: Path) -> None:
+    _, kamig = make_models(graph_dir, AdapterSettings(weight=0.7, negative_at="masked"))
+    randomise_adapter(kamig)
+    meta = TokenMeta(H, W, V, C, "abc123")
+    save_generator(kamig, tmp_path / "kamig", variant="kamig", token_meta=meta)
+    loaded = load_generator(tmp_path / "kamig", expected_meta=meta)
+    assert not loaded.training
+    assert loaded.adapter.settings == kamig.adapter.settings
+    assert float(loaded.adapter.fusion_weight) == pytest.approx(0.7)
+    assert loaded.adapter.graph_buffer_numel() == kamig.adapter.graph_buffer_numel() > 0
+    assert (loaded.mask_id, loaded.null_class, loaded.codebook_size, loaded.num_classes, loaded.seq_len) == (
+        V, C, V, C, L)
+    kamig.eval()
+    tokens, labels = batch()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(tokens, labels), kamig(tokens, labels), rtol=0, atol=0)
+
+    other = TokenMeta(H, W, V, C, "def456")
+    with pytest.raises(PipelineError, match="tokenizer_fingerprint"):
+        load_generator(tmp_path / "kamig", expected_meta=other)
+
+
+def test_graph_files_with_out_of_range_tokens_are_rejected(graph_dir: Path) -> None:
+    with pytest.raises(PipelineError, match=r"cooccurrence\.parquet"):
+        load_knowledge_graphs(graph_dir, codebook_size=V - 4, num_classes=C, seq_len=L,
+                              graphs=("cooccurrence",))
+    with pytest.raises(PipelineError, match=r"position_token_counts\.parquet.*'label'"):
+        load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C - 1, seq_len=L,
+                              graphs=("incompatibility",))
+    with pytest.raises(PipelineError, match="not found"):
+        load_knowledge_graphs(graph_dir / "missing", codebook_size=V, num_classes=C, seq_len=L)

@@ -1,0 +1,248 @@
+"""MaskGIT decoding (pipeline.sampling) on a tiny fake model, and the sample stage's helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import SampleConfig
+from pipeline.sampling import (
+    DecodePlan,
+    batch_generator,
+    class_balanced_labels,
+    counts_from_ratios,
+    decode_plan,
+    guided_logits,
+    maskgit_decode,
+)
+from pipeline.schedules import masked_counts
+from pipeline.shards import TokenMeta, load_split, read_meta
+from pipeline.stages.sample import (
+    SAMPLES_SPLIT,
+    generate_samples,
+    grid_classes,
+    grid_selection,
+    render_grid,
+    write_samples,
+)
+
+V, L, K = 16, 12, 4  # codebook, sequence length, classes
+MASK, NULL = V, K
+
+
+class FakeModel:
+    """Deterministic logits that depend on the visible tokens, the position and the label."""
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.token_table = torch.randn(V + 1, V, generator=g)
+        self.position_table = torch.randn(L, V, generator=g)
+        self.class_table = torch.randn(K + 1, V, generator=g) * 3
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __call__(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.calls.append((tokens.clone(), labels.clone()))
+        context = self.token_table[tokens].mean(dim=1, keepdim=True)
+        return self.position_table[None] + context + self.class_table[labels][:, None]
+
+
+def decode(model, labels, plan, seed=0, on_step=None):
+    return maskgit_decode(model, labels, seq_len=L, mask_id=MASK, null_class=NULL, plan=plan,
+                          generator=batch_generator(seed, 0), on_step=on_step)
+
+
+def plan_for(**overrides) -> DecodePlan:
+    return decode_plan(dataclasses.replace(SampleConfig(), **overrides), L)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "arccos", "linear"])
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_tokens_revealed_per_step_follow_the_schedule(schedule, steps):
+    plan = plan_for(schedule=schedule, steps=steps)
+    assert plan.masked_after == tuple(masked_counts(schedule, steps, L))
+    seen = []
+    decode(FakeModel(), class_balanced_labels(K, 2), plan,
+           on_step=lambda step, tokens: seen.append((tokens == MASK).sum(dim=1)))
+    assert len(seen) == steps
+    for step, masked in enumerate(seen):
+        # every row has exactly the scheduled number of masked tokens after every step
+        assert masked.tolist() == [plan.masked_after[step]] * (2 * K)
+
+
+def test_decoded_tokens_never_change_and_nothing_stays_masked():
+    snapshots = []
+    result = decode(FakeModel(), class_balanced_labels(K, 3), plan_for(steps=6),
+                    on_step=lambda step, tokens: snapshots.append(tokens.clone()))
+    for before, after in itertools.pairwise(snapshots):
+        decided = before != MASK
+        assert torch.equal(after[decided], before[decided])
+    assert torch.equal(snapshots[-1], result)
+    assert not (result == MASK).any()
+    assert result.min() >= 0 and result.max() < V
+
+
+def test_model_sees_its_own_partial_decodes():
+    # Step t's input is step t-1's output: the decoder feeds back what it kept.
+    model, snapshots = FakeModel(), []
+    decode(model, class_balanced_labels(K, 1), plan_for(steps=4, cfg=0.0),
+           on_step=lambda step, tokens: snapshots.append(tokens.clone()))
+    assert (model.calls[0][0] == MASK).all()
+    for step in range(1, 4):
+        assert torch.equal(model.calls[step][0], snapshots[step - 1])
+
+
+def test_same_seed_same_output_and_different_seed_differs():
+    labels = class_balanced_labels(K, 4)
+    plan = plan_for(steps=5, cfg=1.5)
+    first = decode(FakeModel(), labels, plan, seed=7)
+    again = decode(FakeModel(), labels, plan, seed=7)
+    other = decode(FakeModel(), labels, plan, seed=8)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+
+
+def test_cfg_scale_zero_is_the_conditional_logits():
+    model = FakeModel()
+    tokens = torch.full((3, L), MASK)
+    tokens[:, ::2] = 5
+    labels = torch.tensor([0, 1, 3])
+    cond = model(tokens, labels)
+    model.calls.clear()
+    assert torch.equal(guided_logits(model, tokens, labels, NULL, 0.0), cond)
+    assert len(model.calls) == 1 and not (model.calls[0][1] == NULL).any()  # no unconditional pass
+
+    uncond = model(tokens, torch.full_like(labels, NULL))
+    model.calls.clear()
+    guided = guided_logits(model, tokens, labels, NULL, 2.0)
+    assert len(model.calls) == 1  # conditional and unconditional batched into one call
+    batched_tokens, batched_labels = model.calls[0]
+    assert batched_tokens.shape[0] == 6 and batched_labels.tolist() == [0, 1, 3, NULL, NULL, NULL]
+    torch.testing.assert_close(guided, cond + 2.0 * (cond - uncond))
+
+
+def test_decoding_with_cfg_zero_ignores_the_unconditional_prediction():
+    labels = class_balanced_labels(K, 2)
+    plan = plan_for(steps=4, cfg=0.0)
+    reference = decode(FakeModel(), labels, plan, seed=3)
+    scrambled = FakeModel()
+    scrambled.class_table[NULL] = 1000.0 * torch.randn(V)  # a wildly different unconditional head
+    assert torch.equal(decode(scrambled, labels, plan, seed=3), reference)
+
+
+def test_cfg_changes_samples_and_linear_schedule_ramps():
+    labels = class_balanced_labels(K, 4)
+    assert not torch.equal(decode(FakeModel(), labels, plan_for(cfg=0.0)),
+                           decode(FakeModel(), labels, plan_for(cfg=3.0)))
+    plan = plan_for(steps=5, cfg=2.0, cfg_schedule="linear")
+    assert plan.cfg == pytest.approx((0.0, 0.5, 1.0, 1.5, 2.0))
+    assert plan_for(steps=3, cfg=2.0).cfg == (2.0, 2.0, 2.0)
+
+
+def test_choice_temperature_is_annealed_to_zero():
+    plan = plan_for(steps=4, choice_temperature=4.0)
+    assert plan.choice_temperature == pytest.approx((3.0, 2.0, 1.0, 0.0))
+
+
+def test_low_temperature_without_noise_is_greedy_on_the_most_confident():
+    # temperature -> 0 and no choice noise: single step decoding is the argmax everywhere
+    model = FakeModel()
+    plan = DecodePlan(masked_after=(0,), temperature=(1e-4,), choice_temperature=(0.0,), cfg=(0.0,))
+    labels = torch.tensor([0, 2])
+    out = decode(model, labels, plan)
+    expected = model(torch.full((2, L), MASK), labels).argmax(-1)
+    assert torch.equal(out, expected)
+
+
+def test_strategy_arrays_replace_the_schedule_per_step():
+    strategy = {"mask_ratio": [0.5, 0.25, 0.0], "cfg": [0.0, 1.0, 3.0], "temperature": [1.0, 0.5, 0.1],
+                "choice_temperature": [2.0, 1.0, 0.0]}
+    plan = plan_for(steps=3, strategy=strategy)
+    assert plan.masked_after == (6, 3, 0)
+    assert plan.cfg == (0.0, 1.0, 3.0)
+    assert plan.temperature == (1.0, 0.5, 0.1)
+    assert plan.choice_temperature == (2.0, 1.0, 0.0)
+    # a partial strategy keeps the schedule for the other keys
+    partial = plan_for(steps=3, strategy={"cfg": [1.0, 2.0, 3.0]})
+    assert partial.masked_after == tuple(masked_counts("cosine", 3, L))
+    # the unconditional pass runs exactly on the steps whose scale is non-zero
+    model = FakeModel()
+    decode(model, class_balanced_labels(K, 1), plan)
+    assert [bool((labels == NULL).any()) for _, labels in model.calls] == [False, True, True]
+
+
+def test_counts_from_ratios_reveal_at_least_one_token_per_step():
+    assert counts_from_ratios([0.99, 0.98, 0.0], 12) == (11, 10, 0)
+    assert counts_from_ratios([1.0, 1.0, 0.5, 0.0], 4) == (3, 2, 1, 0)
+    with pytest.raises(ValueError, match="non-increasing"):
+        DecodePlan(masked_after=(3, 4, 0), temperature=(1.0,) * 3, choice_temperature=(0.0,) * 3,
+                   cfg=(0.0,) * 3)
+
+
+def test_more_steps_than_tokens_still_decodes_everything():
+    out = decode(FakeModel(), class_balanced_labels(K, 1), plan_for(steps=L + 4))
+    assert not (out == MASK).any()
+
+
+def test_batches_are_independent_of_run_order():
+    # Batch b's samples depend only on (seed, b): the basis for splitting work across processes.
+    cfg = dataclasses.replace(SampleConfig(), per_class=3, batch_size=5, steps=4)
+    whole = generate_samples(FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL,
+                             sample_cfg=cfg, seed=11)
+    labels = class_balanced_labels(K, 3)
+    second = maskgit_decode(FakeModel(), labels[5:10], seq_len=L, mask_id=MASK, null_class=NULL,
+                            plan=decode_plan(cfg, L), generator=batch_generator(11, 1))
+    assert np.array_equal(whole.tokens[5:10], second.numpy())
+
+
+def test_samples_are_class_balanced_and_written_as_token_shards(tmp_path):
+    cfg = dataclasses.replace(SampleConfig(), per_class=5, batch_size=7, steps=3)
+    samples = generate_samples(FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL,
+                               sample_cfg=cfg, seed=0)
+    meta = TokenMeta(grid_h=3, grid_w=4, codebook_size=V, num_classes=K, tokenizer_fingerprint="abc")
+    write_samples(tmp_path / "base", meta, samples)
+    assert read_meta(tmp_path / "base") == meta
+    split = load_split(tmp_path / "base" / SAMPLES_SPLIT)
+    assert np.bincount(split.labels, minlength=K).tolist() == [5] * K
+    assert split.image_ids.tolist() == list(range(5 * K))
+    assert np.array_equal(split.tokens, samples.tokens)
+    # same seed, same bytes
+    write_samples(tmp_path / "again", meta, generate_samples(
+        FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL, sample_cfg=cfg, seed=0))
+    shard = f"{SAMPLES_SPLIT}/part-00000.parquet"
+    assert (tmp_path / "base" / shard).read_bytes() == (tmp_path / "again" / shard).read_bytes()
+
+
+def test_grid_has_one_row_per_class():
+    assert grid_classes(10, 10) == list(range(10))
+    assert grid_classes(1000, 5) == [0, 250, 500, 749, 999]
+    labels = class_balanced_labels(3, 4).numpy()
+    chosen = grid_selection(labels, [0, 2], 3)
+    assert labels[chosen].tolist() == [0, 0, 0, 2, 2, 2]
+    images = np.zeros((2, 3, 1, 28, 28), np.uint8)
+    images[1] = 255
+    picture = render_grid(images, ["0 zero", "2 two"])
+    assert picture.mode == "RGB"
+    assert picture.height == 2 * 56 + 3 * 2  # tiles upscaled to 56 px, 2 px padding
+    pixels = np.asarray(picture)
+    assert pixels[-4, -4].tolist() == [255, 255, 255] and pixels[4, -4].tolist() == [0, 0, 0]
+
+
+def test_sampled_tokens_follow_the_tempered_model_distribution():
+    # One position, fixed logits: token frequencies over many rows match softmax(logits / T).
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+
+    def fixed(tokens, labels):
+        return logits.expand(tokens.shape[0], 1, 4)
+
+    for temperature in (1.0, 2.0):
+        plan = DecodePlan(masked_after=(0,), temperature=(temperature,), choice_temperature=(1.0,),
+                          cfg=(0.0,))
+        out = maskgit_decode(fixed, torch.zeros(20000, dtype=torch.long), seq_len=1, mask_id=4, null_class=1,
+                             plan=plan, generator=batch_generator(0, 0))
+        frequencies = torch.bincount(out[:, 0], minlength=4).double() / len(out)
+        expected = torch.softmax(logits.double() / temperature, 0)
+        torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)

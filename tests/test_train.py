@@ -1,0 +1,267 @@
+"""Training: EMA, schedules, deterministic data order, resume == uninterrupted, and the stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import config_from_dict
+from pipeline.ema import EMA
+from pipeline.model import GeneratorSpec, MaskGIT, build_generator, load_generator
+from pipeline.model.knowledge import AdapterSettings, load_knowledge_graphs
+from pipeline.shards import TokenMeta, TokenSplit, write_meta, write_shard
+from pipeline.train import (
+    SampleOrder,
+    TrainSettings,
+    learning_rate,
+    list_checkpoints,
+    step_batch,
+    train_generator,
+)
+from tests.helpers import write_graph_files
+from tests.test_knowledge import C, H, V, W, toy_data
+
+L = H * W
+META = TokenMeta(H, W, V, C, "toy-tokenizer")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models are dominated by threading overhead; on a shared 2-core machine two busy-waiting
+    OpenMP threads make them ~100x slower. One thread keeps these tests fast and deterministic."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def split(n: int = 96, seed: int = 0) -> TokenSplit:
+    tokens, labels = toy_data(n, seed)
+    return TokenSplit(np.arange(n), labels.astype(np.int32), tokens.astype(np.int32), META)
+
+
+def settings(**overrides) -> TrainSettings:
+    base = {"seed": 0, "stream": "base", "steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2,
+            "grad_accum": 2, "checkpoint_every": 2, "log_every": 2, "val_images": 16, "ema_decay": 0.9}
+    return TrainSettings(**{**base, **overrides})
+
+
+def tiny_model(seed: int = 0) -> MaskGIT:
+    torch.manual_seed(seed)
+    return MaskGIT(GeneratorSpec(V, C, L, dim=16, depth=2, heads=2, dropout=0.1))
+
+
+# --------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------
+
+
+def test_ema_update_follows_the_warmed_up_decay() -> None:
+    param = torch.nn.Parameter(torch.tensor([0.0, 10.0]))
+    ema = EMA([("w", param)], decay=0.99)
+    with torch.no_grad():
+        param.copy_(torch.tensor([1.0, 0.0]))
+    ema.update([("w", param)])
+    d0 = 1 / 10  # min(0.99, (1 + 0) / (10 + 0))
+    torch.testing.assert_close(ema.shadow["w"], torch.tensor([d0 * 0 + (1 - d0) * 1, d0 * 10 + 0.0]))
+    previous = ema.shadow["w"].clone()
+    ema.update([("w", param)])
+    d1 = 2 / 11
+    torch.testing.assert_close(ema.shadow["w"], d1 * previous + (1 - d1) * param.detach())
+    assert ema.decay_at(10_000) == 0.99
+    # Round trip through state_dict, and copy_to writes the average into a module.
+    restored = EMA([("w", torch.nn.Parameter(torch.zeros(2)))], decay=0.5)
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 2 and restored.decay == 0.99
+    module = torch.nn.Module()
+    module.w = torch.nn.Parameter(torch.zeros(2))
+    restored.copy_to(module)
+    torch.testing.assert_close(module.w.detach(), ema.shadow["w"])
+
+
+def test_learning_rate_warmup_then_cosine_or_constant() -> None:
+    s = settings(steps=100, warmup_steps=10, lr=1.0)
+    assert learning_rate(s, 0) == pytest.approx(0.1) and learning_rate(s, 9) == pytest.approx(1.0)
+    assert learning_rate(s, 10) == pytest.approx(1.0)
+    assert learning_rate(s, 55) == pytest.approx(0.5)
+    assert learning_rate(s, 99) < 0.001
+    constant = settings(steps=100, warmup_steps=10, lr=1.0, lr_schedule="constant")
+    assert learning_rate(constant, 99) == 1.0
+
+
+def test_sample_order_is_a_fresh_permutation_per_epoch_and_deterministic() -> None:
+    order = SampleOrder(10, seed=0, stream="base")
+    first, second = order.indices(0, 10), order.indices(10, 10)
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(10))
+    assert not torch.equal(first, second)
+    straddling = order.indices(7, 6)  # crosses the epoch boundary
+    assert torch.equal(straddling, torch.cat([first[7:], second[:3]]))
+    assert torch.equal(SampleOrder(10, 0, "base").indices(0, 10), first)
+    assert not torch.equal(SampleOrder(10, 1, "base").indices(0, 10), first)
+    assert not torch.equal(SampleOrder(10, 0, "finetune").indices(0, 10), first)
+
+
+def test_step_batch_is_a_function_of_seed_and_step() -> None:
+    data = split()
+    tokens, labels = torch.from_numpy(data.tokens), torch.from_numpy(data.labels)
+    s = settings()
+    a = step_batch(s, 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    b = step_batch(s, 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    c = step_batch(s, 4, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.inputs, c.inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# Resume
+# --------------------------------------------------------------------------------------------
+
+
+def _assert_same_state(a: MaskGIT, b: MaskGIT) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+@pytest.mark.parametrize(("checkpoint_every", "stop_after", "saved"), [(2, 3, 2), (3, 5, 3)])
+def test_interrupted_and_resumed_run_equals_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint_every: int, stop_after: int, saved: int
+) -> None:
+    monkeypatch.chdir(tmp_path)  # DVCLive inspects the repository around the working directory
+    data, s = split(), settings(checkpoint_every=checkpoint_every)  # log_every 2
+    full = train_generator(tiny_model(), s, data, data, checkpoint_dir=tmp_path / "full",
+                           fingerprint={"run": 1}, live_dir=tmp_path / "live_full")
+    # "Killed" after step stop_after: the steps since the newest checkpoint are redone on resume
+    # (with checkpoint_every 3 the checkpoint also falls between two log steps).
+    cut = train_generator(tiny_model(), s, data, data, checkpoint_dir=tmp_path / "cut",
+                          fingerprint={"run": 1}, live_dir=tmp_path / "live_cut", stop_after=stop_after)
+    assert cut is None
+    assert [step for step, _ in list_checkpoints(tmp_path / "cut")] == [saved]
+    # The resumed process starts from a differently initialised model: the checkpoint must win.
+    resumed = train_generator(tiny_model(seed=7), s, data, data, checkpoint_dir=tmp_path / "cut",
+                              fingerprint={"run": 1}, live_dir=tmp_path / "live_cut")
+    assert full is not None and resumed is not None
+    _assert_same_state(full.model, resumed.model)
+    for key in ("loss", "val_loss", "val_masked_accuracy"):
+        assert full.metrics[key] == resumed.metrics[key]
+    # Only the newest checkpoint is kept, and the replayed DVCLive curve has every logged step.
+    assert [step for step, _ in list_checkpoints(tmp_path / "cut")] == [6]
+    curves = [(tmp_path / live / "plots" / "metrics" / "train" / "loss.tsv").read_text().splitlines()
+              for live in ("live_full", "live_cut")]
+    assert [line.split("\t")[:2] for line in curves[0]] == [line.split("\t")[:2] for line in curves[1]]
+    assert [line.split("\t")[0] for line in curves[1]] == ["step", "2", "4", "6"]
+
+
+def test_checkpoints_of_another_run_definition_are_discarded(tmp_path: Path) -> None:
+    data = split()
+    train_generator(tiny_model(), settings(), data, None, checkpoint_dir=tmp_path / "ck",
+                    fingerprint={"lr": 1}, stop_after=2)
+    assert list_checkpoints(tmp_path / "ck")
+    fresh = train_generator(tiny_model(), settings(steps=2), data, None, checkpoint_dir=tmp_path / "ck",
+                            fingerprint={"lr": 2})
+    reference = train_generator(tiny_model(), settings(steps=2), data, None, checkpoint_dir=tmp_path / "ref",
+                                fingerprint={"lr": 2})
+    _assert_same_state(fresh.model, reference.model)
+    assert json.loads((tmp_path / "ck" / "run.json").read_text()) == {"lr": 2}
+
+
+def test_frozen_backbone_trains_only_the_named_parameters(tmp_path: Path) -> None:
+    data = split()
+    graph_dir = write_graph_files(tmp_path / "graphs", data.tokens, data.labels, V, (H, W))
+    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L)
+    start = tiny_model()
+    model = build_generator(start.spec, AdapterSettings(), graphs)
+    model.load_state_dict(start.state_dict(), strict=False)
+    trainable = [n for n, _ in model.named_parameters() if n.startswith(("adapter.", "head."))]
+    result = train_generator(model, settings(), data, None, checkpoint_dir=tmp_path / "ck",
+                             fingerprint={}, trainable=trainable)
+    final = result.model.state_dict()
+    for name, value in start.state_dict().items():
+        assert torch.equal(final[name], value) == (not name.startswith("head.")), name
+    projection = final["adapter.projections.cooccurrence"]
+    assert projection.shape[0] == 2 and torch.count_nonzero(projection) > 0
+    params = dict(model.named_parameters())
+    assert result.metrics["trainable_params"] == sum(params[n].numel() for n in trainable)
+
+
+# --------------------------------------------------------------------------------------------
+# The stages, end to end on a toy token directory
+# --------------------------------------------------------------------------------------------
+
+
+def _write_tokens(root: Path) -> None:
+    for name, (n, seed) in {"train": (96, 0), "val": (24, 1)}.items():
+        tokens, labels = toy_data(n, seed)
+        write_shard(root / "data/tokens" / name / "part-00000.parquet", META, np.arange(n), labels, tokens)
+    write_meta(root / "data/tokens", META)
+    tokens, labels = toy_data(96, 0)
+    write_graph_files(root / "data/graphs", tokens, labels, V, (H, W))
+
+
+def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.stages import finetune, train_base
+
+    monkeypatch.chdir(tmp_path)
+    _write_tokens(tmp_path)
+    cfg = config_from_dict({
+        "model": {"dim": 16, "depth": 2, "heads": 2},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2,
+                  "val_images": 16},
+        "kamig": {"steps": 3, "warmup_steps": 1},
+        "fusion": {"weight": 0.5},
+    })
+    train_base.body(cfg)
+    finetune.body(cfg, "control")
+    finetune.body(cfg, "kamig")
+
+    variants = ("base", "control", "kamig")
+    metrics = {v: json.loads((tmp_path / f"metrics/train_{v}.json").read_text()) for v in variants}
+    keys = {"loss", "val_loss", "val_masked_accuracy", "params", "adapter_params", "tokens_per_s"}
+    for values in metrics.values():
+        assert keys <= set(values)
+        assert all(np.isfinite(v) for v in values.values())
+    assert metrics["base"]["adapter_params"] == 0 < metrics["kamig"]["adapter_params"]
+    assert metrics["control"]["trainable_params"] == metrics["kamig"]["trainable_params"]
+    for variant in ("base", "control", "kamig"):
+        assert (tmp_path / f"metrics/live/train_{variant}/plots/metrics/train/loss.tsv").is_file()
+
+    base, control, kamig = (load_generator(tmp_path / "models" / v, expected_meta=META)
+                            for v in ("base", "control", "kamig"))
+    assert base.adapter is None
+    assert float(control.adapter.fusion_weight) == 0.0 and float(kamig.adapter.fusion_weight) == 0.5
+    # Frozen backbone (the default): both fine-tunes keep the base backbone bit for bit.
+    base_state = base.state_dict()
+    for model in (control, kamig):
+        state = model.state_dict()
+        for name in ("tok_emb.weight", "blocks.0.attn.qkv.weight", "pos_emb"):
+            assert torch.equal(state[name], base_state[name])
+    # Without graph signal the control's projections get no gradient and stay exactly zero.
+    assert torch.count_nonzero(control.adapter.projections["similarity"]) == 0
+    assert torch.count_nonzero(kamig.adapter.projections["similarity"]) > 0
+
+    # A repeated run with the same params finds its final checkpoint: same weights, no retraining.
+    before = load_file(str(tmp_path / "models/kamig/model.safetensors"))
+    finetune.body(cfg, "kamig")
+    after = load_file(str(tmp_path / "models/kamig/model.safetensors"))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_training_learns_the_toy_distribution(tmp_path: Path) -> None:
+    """Class c uses mostly its own third of the codebook: a trained model must find that out."""
+    from pipeline.train import evaluate_masked
+
+    data, val = split(400, seed=0), split(120, seed=1)
+    s = settings(steps=80, batch_size=32, grad_accum=1, lr=1e-2, warmup_steps=5, checkpoint_every=80,
+                 val_images=120, ema_decay=0.9)
+    before = evaluate_masked(tiny_model(), val, s)
+    assert before["val_loss"] == pytest.approx(np.log(V), rel=0.05)  # untrained: uniform over V
+    result = train_generator(tiny_model(), s, data, val, checkpoint_dir=tmp_path / "ck", fingerprint={})
+    # With the class known, about V / C = 8 candidates remain per token: loss well below log(24).
+    assert result.metrics["val_loss"] < np.log(V) - 0.4
+    assert result.metrics["val_masked_accuracy"] > 2.0 / V
