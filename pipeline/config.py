@@ -153,7 +153,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _bounded(1500, ge=1)
+    steps: int = _bounded(3000, ge=1)
     # The global batch (split over processes and grad_accum steps).
     batch_size: int = _bounded(64, ge=1)
     grad_accum: int = _bounded(1, ge=1)
@@ -178,7 +178,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class KamigConfig:
     # Fine-tuning steps of finetune@control and finetune@kamig (the paper uses 1500).
-    steps: int = _bounded(300, ge=1)
+    steps: int = _bounded(500, ge=1)
     lr: float = _bounded(1e-3, gt=0.0)
     warmup_steps: int = _bounded(30, ge=0)
     # true (paper): train the adapter and the output head; false: train everything.

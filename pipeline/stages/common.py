@@ -83,6 +83,8 @@ def setup_logging() -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # faiss logs each CPU-feature variant it fails to load at INFO: noise, not news.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
 
 
 def run_stage(
