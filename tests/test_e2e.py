@@ -1,0 +1,99 @@
+"""End to end: the whole DAG through DVC on the tiny preset, in a temporary copy of the repository.
+
+This is what a researcher does: `dvc repro`, a second `dvc repro` that does nothing, then
+`dvc exp run -S fusion.weight=0.5`, which must re-run only the KA-MIG branch, and
+`dvc metrics diff` / `dvc exp show` to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.helpers import make_repo_copy, run
+
+pytestmark = pytest.mark.e2e
+
+ALL_STAGES = {
+    "prepare", "tokenizer", "tokenize", "graphs", "train_base", "finetune@control", "finetune@kamig",
+    "classifier", "reference", "sample@base", "sample@control", "sample@kamig", "evaluate@base",
+    "evaluate@control", "evaluate@kamig", "evaluate_real",
+}
+EVAL_KEYS = {"fid", "fid_inception", "inception_score", "precision", "recall", "class_accuracy",
+             "n_samples", "sampling_images_per_s"}
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the project after one full `dvc repro`, committed as the baseline."""
+    path = make_repo_copy(tmp_path_factory.mktemp("e2e") / "repo")
+    result = run(["dvc", "repro"], path)
+    run(["git", "add", "-A"], path)
+    run(["git", "commit", "-q", "-m", "baseline run"], path)
+    return path, result.stdout
+
+
+def test_repro_runs_every_stage_and_writes_the_contract(repo):
+    path, output = repo
+    assert stages_run(output) == ALL_STAGES
+    train = pl.scan_parquet(str(path / "data/tokens/train/*.parquet")).collect()
+    meta = json.loads((path / "data/tokens/meta.json").read_text())
+    assert train.height == 512  # data.max_train of the tiny preset
+    flat = train["tokens"].explode()
+    assert 0 <= flat.min() and flat.max() < meta["codebook_size"]
+    assert pl.scan_parquet(str(path / "data/tokens/val/*.parquet")).collect().height == 128
+    for variant in ("base", "control", "kamig", "real"):
+        metrics = json.loads((path / f"metrics/eval_{variant}.json").read_text())
+        assert set(metrics) == EVAL_KEYS
+        assert metrics["fid"] >= 0
+    for picture in ("tokenizer_recon", "graph_neighbours", "samples_base", "samples_kamig"):
+        assert (path / f"metrics/plots/{picture}.png").stat().st_size > 0
+
+
+def test_second_repro_does_nothing(repo):
+    path, _ = repo
+    again = run(["dvc", "repro"], path)
+    assert stages_run(again.stdout) == set()
+    status = run(["dvc", "status"], path)
+    assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_fusion_weight_experiment_reruns_only_the_kamig_branch(repo):
+    path, _ = repo
+    result = run(["dvc", "exp", "run", "-S", "fusion.weight=0.5"], path)
+    assert stages_run(result.stdout) == {"finetune@kamig", "sample@kamig", "evaluate@kamig"}
+
+    diff = run(["dvc", "metrics", "diff", "--json"], path)
+    changed = json.loads(diff.stdout)
+    assert "fid" in changed["metrics/eval_kamig.json"]
+    assert "metrics/eval_base.json" not in changed  # the baseline did not move
+    table = run(["dvc", "metrics", "diff"], path).stdout
+    assert "metrics/eval_kamig.json" in table and "fid" in table
+
+    rows = experiment_rows(json.loads(run(["dvc", "exp", "show", "--json"], path).stdout))
+    weights = {row["fusion.weight"] for row in rows}
+    assert {0.5, 1.0} <= weights  # the experiment and its baseline
+    assert all(isinstance(row["kamig fid"], float) for row in rows)
+
+
+def experiment_rows(shown) -> list[dict]:
+    """(fusion.weight, kamig fid) of every revision and experiment in `dvc exp show --json`."""
+    rows, stack = [], list(shown)
+    while stack:
+        node = stack.pop()
+        data = node.get("data") or {}
+        if data.get("params") and data.get("metrics"):
+            params = data["params"]["params.yaml"]["data"]
+            fid = data["metrics"]["metrics/eval_kamig.json"]["data"]["fid"]
+            rows.append({"rev": data.get("rev"), "fusion.weight": params["fusion"]["weight"], "kamig fid": fid})
+        for child in node.get("experiments") or []:
+            stack.extend(child.get("revs") or [])
+    return rows
