@@ -100,8 +100,9 @@ def write_shard(path: Path, meta: TokenMeta, image_ids: np.ndarray, labels: np.n
         schema=schema,
     )
     with atomic_path(path) as tmp:
+        # Page checksums: a flipped bit in a shard fails the read instead of becoming other tokens.
         pq.write_table(table, tmp, compression="zstd", row_group_size=max(1, len(tokens)),
-                       write_statistics=True)
+                       write_statistics=True, write_page_checksum=True)
 
 
 class ShardWriter:
@@ -179,7 +180,7 @@ def list_shards(split_dir: str | Path) -> list[Path]:
 def open_shard(path: Path, expected: TokenMeta | None = None) -> tuple[pq.ParquetFile, TokenMeta]:
     """Open a shard and check its schema and metadata; errors name the shard."""
     try:
-        handle = pq.ParquetFile(path)
+        handle = pq.ParquetFile(path, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(f"unreadable token shard {path}: {exc}") from exc
     schema = handle.schema_arrow

@@ -326,14 +326,17 @@ def prepare_checkpoint_dir(directory: Path, fingerprint: dict[str, Any]) -> None
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob(".*"):  # a checkpoint being written when the run was killed
         _remove(leftover)
+    # Compare in JSON form: the fingerprint holds tuples (shard digests, graph names) that come
+    # back from run.json as lists, and (1, 2) != [1, 2] would discard every checkpoint.
+    text = json.dumps(fingerprint, indent=2, sort_keys=True) + "\n"
     run_file = directory / RUN_FILE
-    if run_file.is_file() and json.loads(run_file.read_text()) == fingerprint:
+    if run_file.is_file() and json.loads(run_file.read_text()) == json.loads(text):
         return
     for path in directory.iterdir():
         log.info("discarding %s: made for other params or inputs", path)
         _remove(path)
     tmp = directory / f".{RUN_FILE}.tmp"
-    tmp.write_text(json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, run_file)
 
 

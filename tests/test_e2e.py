@@ -48,7 +48,7 @@ def test_repro_runs_every_stage_and_writes_the_contract(repo):
     meta = json.loads((path / "data/tokens/meta.json").read_text())
     assert train.height == 512  # data.max_train of the tiny preset
     flat = train["tokens"].explode()
-    assert 0 <= flat.min() and flat.max() < meta["codebook_size"]
+    assert flat.min() >= 0 and flat.max() < meta["codebook_size"]
     assert pl.scan_parquet(str(path / "data/tokens/val/*.parquet")).collect().height == 128
     for variant in ("base", "control", "kamig", "real"):
         metrics = json.loads((path / f"metrics/eval_{variant}.json").read_text())
@@ -93,7 +93,8 @@ def experiment_rows(shown) -> list[dict]:
         if data.get("params") and data.get("metrics"):
             params = data["params"]["params.yaml"]["data"]
             fid = data["metrics"]["metrics/eval_kamig.json"]["data"]["fid"]
-            rows.append({"rev": data.get("rev"), "fusion.weight": params["fusion"]["weight"], "kamig fid": fid})
+            rows.append({"rev": data.get("rev"), "fusion.weight": params["fusion"]["weight"],
+                         "kamig fid": fid})
         for child in node.get("experiments") or []:
             stack.extend(child.get("revs") or [])
     return rows

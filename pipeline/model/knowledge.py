@@ -145,7 +145,9 @@ def csr_from_coo(
     rows, col = coo.indices()
     crow = torch.zeros(size + 1, dtype=torch.int64)
     torch.cumsum(torch.bincount(rows, minlength=size), 0, out=crow[1:])
-    return crow, col.contiguous(), coo.values().to(torch.float32).contiguous()
+    # clone: `col` is a row of the (2, E) index tensor, a view that does not cover its storage,
+    # and safetensors refuses to load such a buffer back (accelerate's resume from a checkpoint).
+    return crow, col.clone(), coo.values().to(torch.float32).contiguous()
 
 
 def _load_edges(path: Path, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -4,6 +4,13 @@
 section stops every stage), then runs the stage body. Failures a user can act on (bad params, bad
 input data, a full disk, a read-only output folder) are printed as one clear line and exit non-zero
 instead of a traceback from deep inside pyarrow or torch.
+
+Disk failures are recognised along the whole exception chain: by errno (Python, PIL, pyarrow set
+it), by the OS message that libraries without an errno embed in their text (safetensors, polars:
+"No space left on device (os error 28)"), and for torch's C++ zip writer, which reports a full disk
+only as "file write failed" / "unexpected pos", by checking whether an output's file system is
+full. Every stage writes through :mod:`pipeline.files` (temporary name, then rename), so such a
+failure never leaves a half-written output that DVC could cache.
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ _DISK_MESSAGES = {
     "permission denied": "permission denied",
     "disk quota exceeded": "disk quota exceeded",
 }
+# torch's zip writer (torch.save to a path, accelerate checkpoints) loses the errno of a failed
+# write; these are the messages it raises instead.
+_OPAQUE_WRITE_FAILURES = ("file write failed", "unexpected pos", "iostream error")
+# A file system with less free space than this (or than 1% of its size, if smaller) counts as full.
+_FULL_BELOW_BYTES = 64 << 20
 
 
 def seed_everything(seed: int) -> None:
@@ -46,33 +58,74 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _probe(directory: Path) -> None:
+    probe = directory / f".write-probe-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()
+
+
 def ensure_writable(paths: Iterable[str | Path]) -> None:
-    """Fail early, before any work, when an output location cannot be written."""
+    """Fail early, before any work, when an output location cannot be written.
+
+    Probes the parent of every output (where its temporary sibling is created and renamed) and,
+    for an output that is an existing directory, the directory itself: persistent outputs such as
+    ``checkpoints/<variant>`` are written into in place.
+    """
     for path in paths:
-        parent = Path(path).parent
+        path = Path(path)
+        targets = [path.parent] + ([path] if path.is_dir() and not path.is_symlink() else [])
+        for directory in targets:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                _probe(directory)
+            except OSError as exc:
+                reason = _DISK_ERRNOS.get(exc.errno, exc.strerror or str(exc))
+                raise PipelineError(f"cannot write outputs to {directory}/: {reason}") from exc
+
+
+def _existing_ancestor(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def full_filesystem(paths: Iterable[str | Path]) -> Path | None:
+    """The first of ``paths`` (or its nearest existing ancestor) on a file system that is full."""
+    for path in paths:
+        where = _existing_ancestor(Path(path))
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            probe = parent / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            reason = _DISK_ERRNOS.get(exc.errno, exc.strerror or str(exc))
-            raise PipelineError(f"cannot write outputs to {parent}/: {reason}") from exc
+            stats = os.statvfs(where)
+        except OSError:
+            continue
+        free, size = stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize
+        if free < min(_FULL_BELOW_BYTES, max(size // 100, 1)):
+            return where
+    return None
 
 
-def _disk_problem(exc: BaseException) -> str | None:
+def _disk_problem(exc: BaseException, outputs: Iterable[str | Path] = ()) -> str | None:
     """A readable reason when ``exc`` (or anything it wraps) is a disk or permission failure."""
     seen = set()
+    opaque_write_failure = False
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
+        reason, where = None, None
         if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
-            where = f" ({exc.filename})" if exc.filename else ""
-            return f"{_DISK_ERRNOS[exc.errno]}{where}"
-        text = str(exc).lower()
-        for needle, reason in _DISK_MESSAGES.items():
-            if needle in text:
-                return reason
+            reason, where = _DISK_ERRNOS[exc.errno], exc.filename
+        else:
+            text = str(exc).lower()
+            reason = next((r for needle, r in _DISK_MESSAGES.items() if needle in text), None)
+            opaque_write_failure |= any(needle in text for needle in _OPAQUE_WRITE_FAILURES)
+        if reason is not None:
+            if where is None and reason == _DISK_ERRNOS[errno.ENOSPC]:  # say which disk is full
+                where = full_filesystem([*outputs, Path.cwd()])
+            return reason + (f" ({where})" if where else "")
         exc = exc.__cause__ or exc.__context__
+    if opaque_write_failure:
+        full = full_filesystem([*outputs, Path.cwd()])
+        if full is not None:
+            return f"{_DISK_ERRNOS[errno.ENOSPC]} ({full})"
     return None
 
 
@@ -95,6 +148,7 @@ def run_stage(
 ) -> None:
     """Validate params, check the outputs are writable, run ``body`` and report clearly."""
     setup_logging()
+    outputs = list(outputs)
     try:
         cfg = load_config(params_path)
     except ConfigError as exc:
@@ -108,10 +162,12 @@ def run_stage(
         print(f"error: stage '{name}' failed: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except Exception as exc:
-        problem = _disk_problem(exc)
+        problem = _disk_problem(exc, outputs)
         if problem is None:
             raise
-        print(f"error: stage '{name}' could not write its outputs: {problem}. "
-              "No partial output was kept; free space or fix permissions and re-run.", file=sys.stderr)
+        log.debug("stage %s: disk failure", name, exc_info=True)  # KAMIG_LOG_LEVEL=DEBUG shows it
+        print(f"error: stage '{name}' failed: {problem}. Outputs are renamed into place only when "
+              "complete, so no half-written output was kept; free space or fix permissions and re-run.",
+              file=sys.stderr)
         raise SystemExit(1) from None
     log.info("stage %s done in %.1fs", name, time.perf_counter() - start)
