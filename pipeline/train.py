@@ -427,8 +427,15 @@ def train_generator(
     outputs (``accelerate.PartialState().is_main_process``).
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(settings.mixed_precision))
+    # The model's buffers (graphs, fusion weight) are constants loaded identically on every rank,
+    # and there is no BatchNorm: DDP need not broadcast them (gloo and NCCL cannot send the int16
+    # compatible-token buffer anyway).
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(settings.mixed_precision),
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+    )
     world, rank = accelerator.num_processes, accelerator.process_index
     per_step = settings.batch_size
     if per_step % (world * settings.grad_accum):

@@ -27,16 +27,6 @@ V, C, H, W = 24, 3, 3, 3
 L = H * W
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models are dominated by threading overhead; on a shared 2-core machine two busy-waiting
-    OpenMP threads make them ~100x slower. One thread keeps these tests fast and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------
 # Toy data (shared with test_train.py); graph files come from the graphs stage itself
 # --------------------------------------------------------------------------------------------

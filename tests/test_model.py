@@ -16,16 +16,6 @@ from pipeline.train import mask_batch, masked_loss
 V, C, L = 32, 4, 16
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models are dominated by threading overhead; on a shared 2-core machine two busy-waiting
-    OpenMP threads make them ~100x slower. One thread keeps these tests fast and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(seed: int = 0, **overrides) -> MaskGIT:
     torch.manual_seed(seed)
     spec = GeneratorSpec(**{"codebook_size": V, "num_classes": C, "seq_len": L, "dim": 16, "depth": 2,

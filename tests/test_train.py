@@ -30,16 +30,6 @@ L = H * W
 META = TokenMeta(H, W, V, C, "toy-tokenizer")
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny models are dominated by threading overhead; on a shared 2-core machine two busy-waiting
-    OpenMP threads make them ~100x slower. One thread keeps these tests fast and deterministic."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def split(n: int = 96, seed: int = 0) -> TokenSplit:
     tokens, labels = toy_data(n, seed)
     return TokenSplit(np.arange(n), labels.astype(np.int32), tokens.astype(np.int32), META)

@@ -15,6 +15,10 @@ like the real images, and scored against the cached reference (``data/reference`
 (``num_classes * sample.per_class``, or ``eval.real_samples``), a fixed deterministic subset; its
 ``sampling_images_per_s`` is null.
 
+Several processes (``accelerate launch`` / ``torchrun``, see :mod:`pipeline.launch`): each decodes
+and featurises a contiguous block of whole batches; the main process gathers the features in
+order, scores them and writes the json, with the same numbers as a single-process run.
+
 Usage: ``python -m pipeline.stages.evaluate base|control|kamig|real``.
 """
 
@@ -25,6 +29,7 @@ import functools
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,8 +37,9 @@ import torch
 from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.files import read_json, write_json
-from pipeline.metrics import FeatureSet, extract_features, load_reference, score
-from pipeline.metrics.classifier import load_classifier, quantize
+from pipeline.launch import shared_stage
+from pipeline.metrics import FeatureSet, load_reference, score
+from pipeline.metrics.classifier import DomainClassifier, load_classifier, quantize
 from pipeline.metrics.inception import InceptionExtractor
 from pipeline.shards import load_split
 from pipeline.stages.reference import (
@@ -41,9 +47,12 @@ from pipeline.stages.reference import (
     REFERENCE_DIR,
     dataset_batches,
     deterministic_subset,
-    pick_device,
+    extract_shared,
 )
 from pipeline.stages.sample import SAMPLES_SPLIT, TOKENIZER_DIR, VARIANTS, sample_paths
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +75,11 @@ def decoded_batches(
         yield images, torch.from_numpy(labels[first : first + batch_size].astype(np.int64))
 
 
-def sample_features(cfg: Config, variant: str, classifier, inception, device: torch.device) -> FeatureSet:
+def sample_features(
+    cfg: Config, variant: str, classifier: DomainClassifier, inception: InceptionExtractor | None,
+    state: PartialState,
+) -> FeatureSet | None:
+    """Features of a variant's decoded samples (on the main process; None on the others)."""
     from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
 
     samples_dir, _, _ = sample_paths(variant)
@@ -75,10 +88,12 @@ def sample_features(cfg: Config, variant: str, classifier, inception, device: to
         raise PipelineError(
             f"{samples_dir} was sampled with another tokenizer than {TOKENIZER_DIR}: re-run dvc repro"
         )
-    tokenizer = load_tokenizer(TOKENIZER_DIR, device)
-    return extract_features(
-        decoded_batches(tokenizer, split.tokens, split.labels, cfg.eval.batch_size, device),
-        classifier, inception, device, total=len(split), desc=f"evaluate {variant}",
+    tokenizer = load_tokenizer(TOKENIZER_DIR, state.device)
+    return extract_shared(
+        lambda items: decoded_batches(tokenizer, split.tokens[items.start : items.stop],
+                                      split.labels[items.start : items.stop], cfg.eval.batch_size,
+                                      state.device),
+        len(split), cfg.eval.batch_size, classifier, inception, state, desc=f"evaluate {variant}",
     )
 
 
@@ -86,32 +101,50 @@ def real_count(cfg: Config, num_classes: int) -> int:
     return cfg.eval.real_samples or num_classes * cfg.sample.per_class
 
 
-def real_features(cfg: Config, classifier, inception, device: torch.device) -> FeatureSet:
+def real_features(
+    cfg: Config, classifier: DomainClassifier, inception: InceptionExtractor | None, state: PartialState
+) -> FeatureSet | None:
+    """Features of the fixed subset of real train images (on the main process; None elsewhere)."""
     from pipeline.data import ImageDataset, num_classes
 
     dataset = ImageDataset(cfg, "train")
     indices = deterministic_subset(len(dataset), real_count(cfg, num_classes()), REAL_SALT)
-    return extract_features(
-        dataset_batches(dataset, indices, cfg.eval.batch_size, cfg.data.workers),
-        classifier, inception, device, total=len(indices), desc="evaluate real",
+    return extract_shared(
+        lambda items: dataset_batches(dataset, indices[items.start : items.stop], cfg.eval.batch_size,
+                                      cfg.data.workers),
+        len(indices), cfg.eval.batch_size, classifier, inception, state, desc="evaluate real",
     )
 
 
 def body(cfg: Config, name: str) -> None:
     if name not in (*VARIANTS, REAL):
         raise PipelineError(f"unknown evaluation {name!r}; choose one of {[*VARIANTS, REAL]}")
-    device = pick_device()
-    reference = load_reference(REFERENCE_DIR, need_inception=cfg.eval.inception)
-    classifier = load_classifier(CLASSIFIER_DIR, device)
-    inception = InceptionExtractor(device, cfg.eval.inception_resize) if cfg.eval.inception else None
-    if name == REAL:
-        features, throughput = real_features(cfg, classifier, inception, device), None
-    else:
-        features = sample_features(cfg, name, classifier, inception, device)
+    with shared_stage() as state:
+        evaluate(cfg, name, state)
+
+
+def evaluate(cfg: Config, name: str, state: PartialState) -> None:
+    """Features across the processes; the main process scores them and writes the json."""
+    device = state.device
+    # Inputs are checked before the long feature pass; only the main process scores.
+    reference = None
+    if state.is_main_process:
+        reference = load_reference(REFERENCE_DIR, need_inception=cfg.eval.inception)
+    sample_metrics = None
+    if name != REAL:
         _, _, sample_metrics = sample_paths(name)
         if not sample_metrics.is_file():
             raise PipelineError(f"{sample_metrics} not found: run `dvc repro sample@{name}`")
-        throughput = float(read_json(sample_metrics)["images_per_s"])
+    classifier = load_classifier(CLASSIFIER_DIR, device)
+    inception = InceptionExtractor(device, cfg.eval.inception_resize) if cfg.eval.inception else None
+    if name == REAL:
+        features = real_features(cfg, classifier, inception, state)
+    else:
+        features = sample_features(cfg, name, classifier, inception, state)
+    if not state.is_main_process:
+        return
+    assert features is not None and reference is not None
+    throughput = None if sample_metrics is None else float(read_json(sample_metrics)["images_per_s"])
     metrics = score(features, reference, cfg.eval.pr_k, device, sampling_images_per_s=throughput)
     write_json(eval_path(name), metrics)
     log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

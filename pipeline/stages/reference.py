@@ -12,23 +12,32 @@ with ``eval.inception``, through InceptionV3. Output ``data/reference/``:
 
 Every ``evaluate@...`` stage reads this directory instead of re-extracting the reference.
 
+Several processes (``accelerate launch`` / ``torchrun``, see :mod:`pipeline.launch`): feature
+extraction is split by whole batches (:func:`extract_shared`, also used by ``evaluate``); the main
+process gathers the features in order and writes the outputs, identical to a single-process run.
+
 Usage: ``python -m pipeline.stages.reference``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from pipeline.config import Config
-from pipeline.metrics import extract_features, save_reference
-from pipeline.metrics.classifier import load_classifier
+from pipeline.launch import batch_share, gather_parts, shared_stage
+from pipeline.metrics import FeatureSet, extract_features, save_reference
+from pipeline.metrics.classifier import DomainClassifier, load_classifier
 from pipeline.metrics.fid import load_stats
 from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ REFERENCE_SALT = 0  # subset seeds are fixed constants: the real sets never depe
 
 
 def pick_device() -> torch.device:
+    """The device of a single-process stage (the classifier); shared stages use the process state's."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -66,26 +76,76 @@ def dataset_batches(
         yield images, labels
 
 
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def concat_features(parts: Sequence[FeatureSet]) -> FeatureSet:
+    """One FeatureSet from consecutive parts (rows in the order given)."""
+    inception = [p.inception for p in parts]
+    return FeatureSet(
+        domain=np.concatenate([p.domain for p in parts]),
+        logits=np.concatenate([p.logits for p in parts]),
+        labels=np.concatenate([p.labels for p in parts]),
+        inception=None if inception[0] is None else np.concatenate(inception),
+    )
+
+
+def extract_shared(
+    batches_of: Callable[[range], Batches],
+    count: int,
+    batch_size: int,
+    classifier: DomainClassifier,
+    inception: InceptionExtractor | None,
+    state: PartialState,
+    desc: str,
+) -> FeatureSet | None:
+    """Features of items ``[0, count)``, split over the processes by whole batches.
+
+    ``batches_of(items)`` yields the (uint8 images, labels) batches of ``batch_size`` of those item
+    indices. The main process returns every item's features in item order, the others None.
+    """
+    _, items = batch_share(count, batch_size, state)
+    part = None
+    if len(items):
+        if state.num_processes > 1:
+            desc = f"{desc} [{state.process_index}]"
+        part = extract_features(batches_of(items), classifier, inception, state.device,
+                                total=len(items), desc=desc)
+    parts = [p for p in gather_parts(part, state) if p is not None]
+    return concat_features(parts) if state.is_main_process else None
+
+
 def body(cfg: Config) -> None:
+    with shared_stage() as state:
+        reference_features(cfg, state)
+
+
+def reference_features(cfg: Config, state: PartialState) -> None:
+    """Extract the reference features across the processes; the main process writes them."""
     from pipeline.data import ImageDataset
 
-    device = pick_device()
+    device = state.device
     ecfg = cfg.eval
+    inception_stats = None
+    if ecfg.reference_npz:  # checked before the long feature pass
+        if ecfg.inception:
+            inception_stats = load_stats(ecfg.reference_npz, expected_dim=INCEPTION_DIM)
+        else:
+            log.warning("eval.reference_npz is set but eval.inception is false: the npz is not used")
     dataset = ImageDataset(cfg, ecfg.reference_split)
     indices = deterministic_subset(len(dataset), ecfg.reference_max, REFERENCE_SALT)
     classifier = load_classifier(CLASSIFIER_DIR, device)
     inception = InceptionExtractor(device, ecfg.inception_resize) if ecfg.inception else None
-    features = extract_features(
-        dataset_batches(dataset, indices, ecfg.batch_size, cfg.data.workers),
-        classifier, inception, device, total=len(indices), desc=f"reference ({ecfg.reference_split})",
+    features = extract_shared(
+        lambda items: dataset_batches(dataset, indices[items.start : items.stop], ecfg.batch_size,
+                                      cfg.data.workers),
+        len(indices), ecfg.batch_size, classifier, inception, state,
+        desc=f"reference ({ecfg.reference_split})",
     )
-    inception_stats = None
-    if ecfg.reference_npz:
-        if ecfg.inception:
-            inception_stats = load_stats(ecfg.reference_npz, expected_dim=INCEPTION_DIM)
-            log.info("Inception FID reference statistics from %s", ecfg.reference_npz)
-        else:
-            log.warning("eval.reference_npz is set but eval.inception is false: the npz is not used")
+    if features is None:  # not the main process
+        return
+    if inception_stats is not None:
+        log.info("Inception FID reference statistics from %s", ecfg.reference_npz)
     info = {
         "split": ecfg.reference_split,
         "images": len(features),

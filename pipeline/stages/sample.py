@@ -16,7 +16,12 @@ Outputs:
 
 Randomness: batch ``b`` draws from a generator seeded by (``seed``, ``b``)
 (:func:`pipeline.sampling.batch_generator`), so the tokens depend on ``seed``, the ``sample.*``
-params and the model only, and a run split across processes by batches gives the same bytes.
+params and the model only.
+
+Several processes (``accelerate launch`` / ``torchrun``, see :mod:`pipeline.launch`): each decodes
+a contiguous block of the batches, the main process gathers the blocks in order and writes every
+output, so the samples are byte-identical to a single-process run. The throughput is then the
+total count over the slowest process's time.
 
 Usage: ``python -m pipeline.stages.sample base|control|kamig``.
 """
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -41,6 +47,9 @@ from pipeline.errors import DataSourceError, PipelineError
 from pipeline.files import atomic_dir, atomic_path, write_json
 from pipeline.sampling import batch_generator, class_balanced_labels, decode_plan, maskgit_decode
 from pipeline.shards import ShardWriter, TokenMeta, read_meta, write_meta
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +63,6 @@ PLOTS_DIR = Path("metrics/plots")
 METRICS_DIR = Path("metrics")
 SHARD_SIZE = 10_000
 MIN_TILE = 56  # grid tiles are upscaled (nearest) to at least this many pixels
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def sample_paths(variant: str) -> tuple[Path, Path, Path]:
@@ -78,7 +83,8 @@ def sample_paths(variant: str) -> tuple[Path, Path, Path]:
 class Samples:
     labels: np.ndarray  # (N,) int64, the requested classes
     tokens: np.ndarray  # (N, L) int32
-    seconds: float  # wall time of token generation only
+    seconds: float  # wall time of token generation only (the slowest process's)
+    processes: int = 1
 
     @property
     def images_per_s(self) -> float:
@@ -95,18 +101,28 @@ def generate_samples(
     sample_cfg: SampleConfig,
     seed: int,
     device: str | torch.device = "cpu",
+    batches: range | None = None,
+    desc: str = "sampling",
 ) -> Samples:
-    """``sample_cfg.per_class`` samples per class, decoded in batches of ``sample_cfg.batch_size``."""
+    """``sample_cfg.per_class`` samples per class, decoded in batches of ``sample_cfg.batch_size``.
+
+    ``batches`` (default: all) restricts the work to those batch indices, one process's share;
+    the result then holds just their rows, in order.
+    """
     device = torch.device(device)
     plan = decode_plan(sample_cfg, seq_len)
     labels = class_balanced_labels(num_classes, sample_cfg.per_class)
-    outputs = []
+    size = sample_cfg.batch_size
+    if batches is None:
+        batches = range(-(-len(labels) // size))
+    mine = labels[batches.start * size : batches.stop * size]
+    outputs = [torch.zeros((0, seq_len), dtype=torch.long)]
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    with tqdm(total=len(labels), desc="sampling", unit="img") as progress:
-        for index, first in enumerate(range(0, len(labels), sample_cfg.batch_size)):
-            batch = labels[first : first + sample_cfg.batch_size].to(device)
+    with tqdm(total=len(mine), desc=desc, unit="img") as progress:
+        for index in batches:
+            batch = labels[index * size : (index + 1) * size].to(device)
             tokens = maskgit_decode(
                 logits_fn, batch, seq_len=seq_len, mask_id=mask_id, null_class=null_class, plan=plan,
                 generator=batch_generator(seed, index, device),
@@ -116,9 +132,19 @@ def generate_samples(
     synchronize()
     seconds = time.perf_counter() - start
     return Samples(
-        labels=labels.numpy(),
+        labels=mine.numpy(),
         tokens=torch.cat(outputs).numpy().astype(np.int32),
         seconds=seconds,
+    )
+
+
+def merge_samples(parts: Sequence[Samples]) -> Samples:
+    """Concatenate processes' shares in order; they ran in parallel, so the time is the longest."""
+    return Samples(
+        labels=np.concatenate([p.labels for p in parts]),
+        tokens=np.concatenate([p.tokens for p in parts]),
+        seconds=max(p.seconds for p in parts),
+        processes=len(parts),
     )
 
 
@@ -198,32 +224,55 @@ def class_names_or_ids(num_classes: int) -> list[str]:
 
 
 def body(cfg: Config, variant: str) -> None:
-    from pipeline.metrics.classifier import quantize
-    from pipeline.model import load_generator
-    from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
+    from pipeline.launch import shared_stage
 
     if variant not in VARIANTS:
         raise PipelineError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
-    device = pick_device()
+    with shared_stage() as state:
+        samples = generate_shared(cfg, variant, state)
+        if state.is_main_process:
+            write_outputs(cfg, variant, samples, state.device)
+
+
+def generate_shared(cfg: Config, variant: str, state: PartialState) -> Samples | None:
+    """This process's batches; the main process returns all samples in order, the others None."""
+    from pipeline.launch import batch_share, gather_parts
+    from pipeline.model import load_generator
+    from pipeline.tokenizer.base import tokenizer_fingerprint
+
+    device = state.device
     meta = read_meta(TOKENS_DIR)
     model = load_generator(MODELS_DIR / variant, device, expected_meta=meta)
     if tokenizer_fingerprint(TOKENIZER_DIR) != meta.tokenizer_fingerprint:
         raise PipelineError(
             f"{TOKENIZER_DIR} is not the tokenizer that produced {TOKENS_DIR}: re-run dvc repro"
         )
-    tokenizer = load_tokenizer(TOKENIZER_DIR, device)
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             return model(tokens, labels)
 
-    samples = generate_samples(
+    batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
+    part = generate_samples(
         logits_fn, num_classes=meta.num_classes, seq_len=meta.seq_len, mask_id=model.mask_id,
         null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.seed, device=device,
+        batches=batches,
+        desc="sampling" if state.num_processes == 1 else f"sampling [{state.process_index}]",
     )
+    parts = gather_parts(part, state)
+    return merge_samples(parts) if state.is_main_process else None
+
+
+def write_outputs(cfg: Config, variant: str, samples: Samples, device: torch.device) -> None:
+    """The samples directory, the PNG grid and the throughput json (main process only)."""
+    from pipeline.metrics.classifier import quantize
+    from pipeline.tokenizer.base import load_tokenizer
+
+    meta = read_meta(TOKENS_DIR)
     samples_dir, grid_path, metrics_path = sample_paths(variant)
     write_samples(samples_dir, meta, samples)
 
+    tokenizer = load_tokenizer(TOKENIZER_DIR, device)
     classes = grid_classes(meta.num_classes, cfg.sample.grid_classes)
     columns = min(cfg.sample.grid_columns, cfg.sample.per_class)
     chosen = grid_selection(samples.labels, classes, columns)
@@ -240,9 +289,11 @@ def body(cfg: Config, variant: str) -> None:
         "n_samples": len(samples.labels),
         "steps": cfg.sample.steps,
         "device": device.type,
+        "processes": samples.processes,
     })
-    log.info("sample@%s: %d samples in %.1f s (%.1f images/s) -> %s, %s", variant, len(samples.labels),
-             samples.seconds, samples.images_per_s, samples_dir, grid_path)
+    log.info("sample@%s: %d samples in %.1f s (%.1f images/s, %d process(es)) -> %s, %s", variant,
+             len(samples.labels), samples.seconds, samples.images_per_s, samples.processes,
+             samples_dir, grid_path)
 
 
 def main(argv: list[str] | None = None) -> None:

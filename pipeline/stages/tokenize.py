@@ -7,7 +7,10 @@ Shard ``s`` always holds items ``[s * shard_size, (s + 1) * shard_size)`` of the
 order, each train image followed by its mirror when ``tokenize.flip_augment``), so the bytes do not
 depend on the batch size or on how many processes run it. Under ``accelerate launch`` each process
 encodes the shards ``s`` with ``s % num_processes == process_index``; the main process then moves
-the completed directory into place.
+the completed directory into place. (:func:`pipeline.launch.shared_stage`, not a bare
+``PartialState()``: CPU processes under ``torchrun`` with ``ACCELERATE_USE_CPU=true`` then see
+each other instead of each encoding every shard into the same directory, and every process leaves
+the process group cleanly at the end.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tqdm import tqdm
 from pipeline.config import Config
 from pipeline.data import ImageDataset, num_classes
 from pipeline.files import write_json
+from pipeline.launch import shared_stage
 from pipeline.shards import TokenMeta, shard_name, write_meta, write_shard
 from pipeline.stages.common import run_stage
 from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
@@ -67,7 +71,11 @@ def encode_split(
 
 
 def tokenize(cfg: Config) -> None:
-    state = PartialState()
+    with shared_stage() as state:
+        tokenize_splits(cfg, state)
+
+
+def tokenize_splits(cfg: Config, state: PartialState) -> None:
     tokenizer = load_tokenizer(TOKENIZER_DIR)
     grid_h, grid_w = tokenizer.grid
     meta = TokenMeta(

@@ -1,0 +1,142 @@
+"""The ImageNet GPU check (issue 7, section 5): one short script, throughputs on one GPU.
+
+1. tokenise ``--images`` synthetic 256 x 256 images with a randomly initialised VQGAN of the
+   pretrained architecture (fp32 as in the tokenize stage; TF32 convolutions), and decode them back
+   (the evaluate stages' cost);
+2. ``--steps`` bf16 training steps of the ImageNet-sized model (dim 768, depth 24, 1024 codes,
+   1000 classes) with the KA-MIG adapter on synthetic graphs, frozen backbone as in finetune, at
+   ``--batch`` images per step (the per-GPU share of the preset's 2048 on 8 GPUs is 256);
+3. ``--samples`` class-balanced samples at 8 steps with CFG (the preset's sampling settings),
+   through the sample stage's own generate_samples, with the adapter's inference cache.
+
+Each part prints images/s (or steps/s) and the achieved TFLOP/s from the counted FLOPs of
+benchmarks/imagenet_cost.py, i.e. the utilisation the cost projection assumes. Weights are random:
+speed does not depend on them.
+
+    python benchmarks/gpu_check.py                 # on the GPU machine, a few minutes
+    python benchmarks/gpu_check.py --smoke         # CPU, tiny sizes: checks the script runs
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+from benchmarks.model import IMAGENET, make_models, make_train_step  # noqa: E402
+from pipeline.config import SampleConfig  # noqa: E402
+from pipeline.stages.sample import generate_samples  # noqa: E402
+from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
+
+# GFLOP per image, printed by benchmarks/imagenet_cost.py (torch.utils.flop_counter).
+ENCODE, DECODE, FORWARD, FROZEN_STEP = 128.6, 186.5, 92.9, 190.9
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def check_tokenizer(device: torch.device, images: int, batch: int, size: int) -> None:
+    torch.manual_seed(0)
+    tokenizer = VQGANTokenizer(image_size=size).to(device).eval()
+    pixels = torch.rand(batch, 3, size, size, device=device)
+    tokenizer.encode(pixels[:2])  # warm-up (cuDNN autotuning)
+    batches = max(1, images // batch)
+    tokens = []
+    seconds = timed(lambda: tokens.extend(tokenizer.encode(pixels) for _ in range(batches)), device)
+    done = batches * batch
+    print(f"tokenize: {done} images {size}px in {seconds:.1f} s = {done / seconds:,.0f} images/s "
+          f"({done * ENCODE / seconds / 1e3:.1f} TFLOP/s at 256 px)")
+    seconds = timed(lambda: [tokenizer.decode(t) for t in tokens], device)
+    print(f"decode:   {done} images in {seconds:.1f} s = {done / seconds:,.0f} images/s "
+          f"({done * DECODE / seconds / 1e3:.1f} TFLOP/s at 256 px)")
+    if device.type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB at batch {batch}")
+
+
+def check_training(device: torch.device, shape, steps: int) -> None:
+    _, kamig = make_models(shape)
+    trainable = {n for n, _ in kamig.named_parameters() if n.startswith(("adapter.", "head."))}
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    step = make_train_step(kamig, shape, device, trainable, amp)
+    for i in range(2):
+        step(i)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(lambda: [step(2 + i) for i in range(steps)], device)
+    images = steps * shape.batch
+    print(f"finetune (KA-MIG, frozen backbone, bf16 {amp}): {steps} steps x {shape.batch} in "
+          f"{seconds:.1f} s = {steps / seconds:.2f} steps/s, {images / seconds:,.0f} images/s "
+          f"({images * FROZEN_STEP / seconds / 1e3:.1f} TFLOP/s backbone only)")
+    if device.type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+
+def check_sampling(device: torch.device, shape, samples: int, batch: int) -> None:
+    _, kamig = make_models(shape)
+    kamig.to(device).eval()
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return kamig(tokens, labels)
+
+    per_class = max(1, samples // shape.num_classes)
+    cfg = dataclasses.replace(SampleConfig(), steps=8, per_class=per_class, batch_size=batch, cfg=2.0,
+                              cfg_schedule="linear")
+    generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len, mask_id=kamig.mask_id,
+                     null_class=kamig.null_class, sample_cfg=cfg, seed=0, device=device, batches=range(1))
+    result = generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len,
+                              mask_id=kamig.mask_id, null_class=kamig.null_class, sample_cfg=cfg, seed=0,
+                              device=device)
+    n = len(result.labels)
+    passes = 15  # 8 steps, the first without guidance (linear ramp from 0)
+    print(f"sample (KA-MIG, 8 steps, CFG linear to 2.0): {n} images in {result.seconds:.1f} s = "
+          f"{result.images_per_s:,.0f} images/s ({n * passes * FORWARD / result.seconds / 1e3:.1f} TFLOP/s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--tokenize-batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--sample-batch", type=int, default=250)
+    parser.add_argument("--smoke", action="store_true", help="tiny CPU run: the script works")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = dataclasses.replace(IMAGENET, batch=args.batch, dropout=0.0)
+    size = 256
+    if args.smoke:
+        shape = dataclasses.replace(shape, dim=64, depth=2, heads=2, batch=4, num_classes=10)
+        args.images, args.tokenize_batch, args.steps, args.samples, args.sample_batch = 4, 2, 2, 20, 10
+        size = 64
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:
+        print(f"device cpu ({torch.get_num_threads()} threads)")
+    check_tokenizer(device, args.images, args.tokenize_batch, size)
+    check_training(device, shape, args.steps)
+    check_sampling(device, shape, args.samples, args.sample_batch)
+
+
+if __name__ == "__main__":
+    main()
