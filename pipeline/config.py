@@ -86,7 +86,7 @@ class TokenizerConfig:
     ema_decay: float = _bounded(0.99, gt=0.0, lt=1.0)
     # A code whose EMA usage falls below this many assignments per batch is restarted.
     dead_threshold: float = _bounded(1.0, ge=0.0)
-    steps: int = _bounded(800, ge=1)
+    steps: int = _bounded(600, ge=1)
     batch_size: int = _bounded(128, ge=1)
     lr: float = _bounded(2e-3, gt=0.0)
     # The tokenizer has its own seed: changing the top-level `seed` (generative model) must not
@@ -153,7 +153,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _bounded(3000, ge=1)
+    steps: int = _bounded(2500, ge=1)
     # The global batch (split over processes and grad_accum steps).
     batch_size: int = _bounded(64, ge=1)
     grad_accum: int = _bounded(1, ge=1)
