@@ -26,7 +26,7 @@ def main() -> int:
     if args.exp_show:
         shown = json.loads(Path(args.exp_show).read_text())
     else:
-        result = subprocess.run(["dvc", "exp", "show", "--json", "--all-commits"],
+        result = subprocess.run([sys.executable, "-m", "dvc", "exp", "show", "--json", "--all-commits"],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             print(result.stderr, file=sys.stderr)
