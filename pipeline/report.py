@@ -38,6 +38,7 @@ class ExperimentRecord:
     evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> eval_*.json
     training: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> train_*.json
     params: dict[str, Any] = field(default_factory=dict)
+    graph_stats: dict[str, Any] = field(default_factory=dict)  # graphs.json
 
     @property
     def key(self) -> tuple:
@@ -84,6 +85,7 @@ def records_from_exp_show(shown: Sequence[dict]) -> list[ExperimentRecord]:
             evaluation={k: v for k, v in evaluation.items() if v is not None},
             training={v: _metric_file(metrics, f"train_{v}") or {} for v in VARIANTS},
             params=params,
+            graph_stats=_metric_file(metrics, "graphs") or {},
         )
         if record.key in seen:
             continue
@@ -243,12 +245,36 @@ def _conclusion(main: Sequence[ExperimentRecord], differences: dict[str, PairedD
         + ("The graphs barely change what the model predicts." if not train_gap.significant else
            "The graphs do change the predictions measurably.")
     )
-    base_control = summarise(r.evaluation["base"]["fid"] - r.evaluation["control"]["fid"] for r in main)
+    base_control = summarise(r.evaluation["control"]["fid"] - r.evaluation["base"]["fid"] for r in main)
     lines.append(
-        f"* Extra fine-tuning alone (control − base FID {-base_control.mean:+.2f} ± {base_control.std:.2f}) "
+        f"* Extra fine-tuning alone (control − base FID {base_control.mean:+.2f} ± {base_control.std:.2f}) "
         "is the effect the control isolates: any KA-MIG gain over the base model that the control "
         "also gets is not due to the graphs."
     )
+    stats = next((r.graph_stats for r in main if r.graph_stats), {})
+    co, sim = stats.get("cooccurrence", {}), stats.get("similarity", {})
+    if "self_weight_mean" in co and "self_weight_mean" in sim:
+        line = (f"* How much one GCN layer mixes: a token keeps on average {sim['self_weight_mean']:.1%} of "
+                f"its own embedding in the similarity graph and {co['self_weight_mean']:.1%} in the "
+                "co-occurrence graph (mean diagonal of the normalised operator).")
+        if sim["self_weight_mean"] > 0.8:
+            line += (" With weights exp(-alpha d / median d) each of the k nearest neighbours gets about "
+                     "e^-alpha against a self-loop of 1, so the similarity GCN is close to the identity: "
+                     "it adds little beyond the token embeddings themselves.")
+        lines.append(line)
+    density = stats.get("incompatibility_density")
+    if density is not None:
+        positions = stats["tokens"] // max(1, stats["images"]) if stats.get("images") else None
+        share = ("a minority" if density < 0.5 else "most")
+        lines.append(
+            f"* Incompatibility density {density:.1%}"
+            + (f" ({stats['images']} training grids of {positions} positions)" if positions else "")
+            + f": the negative term of a (class, position) averages {share} of the vocabulary's "
+            "embeddings. " + ("Most triples are observed at least once, so the term is a smooth per-class, "
+                              "per-position bias rather than a sharp exclusion of impossible tokens."
+                              if density < 0.5 else
+                              "Most triples are never observed, so the term mostly excludes tokens.")
+        )
     return lines
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import polars as pl
@@ -82,6 +83,22 @@ def test_fusion_weight_experiment_reruns_only_the_kamig_branch(repo):
     weights = {row["fusion.weight"] for row in rows}
     assert {0.5, 1.0} <= weights  # the experiment and its baseline
     assert all(isinstance(row["kamig fid"], float) for row in rows)
+
+
+def test_a_queued_grid_runs(repo):
+    path, _ = repo
+    run(["dvc", "exp", "run", "--queue", "-S", "fusion.weight=0,0.25"], path)
+    run(["dvc", "queue", "start", "--jobs", "1"], path)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(["dvc", "queue", "status"], path).stdout
+        if not re.search(r"\b(Queued|Running)\b", status) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    weights = {row["fusion.weight"] for row in experiment_rows(
+        json.loads(run(["dvc", "exp", "show", "--json"], path).stdout))}
+    assert {0.0, 0.25} <= weights
 
 
 def experiment_rows(shown) -> list[dict]:

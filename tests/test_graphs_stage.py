@@ -187,6 +187,7 @@ def test_metrics_and_degree_plot(tmp_path, corpus):
         assert 0 < g["largest_component_fraction"] <= 1
         assert 0 <= g["average_clustering"] <= 1
         assert g["max_degree"] >= g["mean_degree"] > 0
+        assert 0 < g["self_weight_mean"] < 1  # every occurring token has neighbours
     assert on_disk["similarity"]["edges"] == 2 * (META.codebook_size - 2)
     assert set(on_disk["seconds"]) >= {"count", "positions", "cooccurrence", "similarity", "total"}
     with open(paths.degrees_csv, newline="") as handle:
@@ -418,3 +419,13 @@ def test_stage_entry_with_picture(tmp_path, monkeypatch, corpus):
     with pytest.raises(PipelineError, match="fingerprint"):
         stage.body(Config())
     assert not Path("data/graphs").exists()
+
+
+def test_self_weight_mean_of_a_normalised_operator():
+    from pipeline.graphs.stats import self_weight_mean
+
+    # Token 0 keeps half of itself, token 1 all of itself, token 2 never occurs (ignored).
+    src = np.array([0, 0, 1, 2])
+    dst = np.array([0, 1, 1, 2])
+    weight = np.array([0.5, 0.5, 1.0, 1.0])
+    assert self_weight_mean(src, dst, weight, np.array([True, True, False])) == pytest.approx(0.75)

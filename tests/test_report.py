@@ -67,3 +67,15 @@ def test_ablation_and_weight_tables_list_the_runs():
     assert "| cooccurrence | 1 | 47.50 |" in report
     assert "| 0.5 | 1 | 47.80 |" in report
     assert "Only 1 seed is available" in report
+
+
+def test_graph_statistics_feed_the_evidence():
+    node = _node("e1", 1, 1.0, ALL_GRAPHS, (50, 48.0, 49.0), name="s1")
+    head = _shown([node])
+    head[1]["data"]["metrics"]["metrics/graphs.json"] = {"data": {
+        "cooccurrence": {"self_weight_mean": 0.04}, "similarity": {"self_weight_mean": 0.98},
+        "incompatibility_density": 0.41, "tokens": 490, "images": 10}}
+    report = render_report(records_from_exp_show(head))
+    assert "98.0% of its own embedding in the similarity graph and 4.0% in the co-occurrence" in report
+    assert "close to the identity" in report
+    assert "Incompatibility density 41.0% (10 training grids of 49 positions)" in report

@@ -35,11 +35,12 @@ from pipeline.graphs.counting import CorpusCounts, count_corpus
 from pipeline.graphs.positions import count_position_tokens
 from pipeline.graphs.similarity import faiss_gpu_available, similarity_graph
 from pipeline.graphs.source import open_source
-from pipeline.graphs.stats import degree_histogram, graph_metrics, write_degree_csv
+from pipeline.graphs.stats import degree_histogram, graph_metrics, self_weight_mean, write_degree_csv
 from pipeline.graphs.storage import (
     COOCCURRENCE_FILE,
     POSITION_TOKEN_COUNTS_FILE,
     SIMILARITY_FILE,
+    load_edges,
     write_table,
 )
 
@@ -114,6 +115,10 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
         with timer.part("metrics"):
             co_metrics = graph_metrics(co["src"], co["dst"], vocab)
             sim_metrics = graph_metrics(sim["src"], sim["dst"], vocab)
+            occurring = counts.token_totals > 0
+            for summary, file in ((co_metrics, COOCCURRENCE_FILE), (sim_metrics, SIMILARITY_FILE)):
+                # The complete operator as the model loads it (the similarity diagonal is implicit).
+                summary["self_weight_mean"] = self_weight_mean(*load_edges(out / file), occurring)
             histograms = {
                 "cooccurrence": degree_histogram(co["src"], co["dst"], vocab),
                 "similarity": degree_histogram(sim["src"], sim["dst"], vocab),

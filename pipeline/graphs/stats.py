@@ -57,6 +57,19 @@ def graph_metrics(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> dict[str,
     }
 
 
+def self_weight_mean(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, occurring: np.ndarray) -> float:
+    """Mean diagonal of a normalised operator over the tokens that occur.
+
+    How much of its own embedding a token keeps in one GCN layer: 1 means the graph adds nothing
+    to it, ``1 / (k + 1)`` an even mix with k neighbours. A diagnostic for whether a graph can carry
+    information into the model at all.
+    """
+    diagonal = np.zeros(len(occurring), dtype=np.float64)
+    loops = src == dst
+    diagonal[src[loops]] = weight[loops]
+    return float(diagonal[occurring].mean()) if occurring.any() else 0.0
+
+
 def degree_histogram(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
     """Number of tokens with undirected degree 0, 1, 2, ..."""
     return np.bincount(degrees(undirected_graph(np.asarray(src), np.asarray(dst), num_nodes)))
