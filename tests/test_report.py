@@ -79,3 +79,14 @@ def test_graph_statistics_feed_the_evidence():
     assert "98.0% of its own embedding in the similarity graph and 4.0% in the co-occurrence" in report
     assert "close to the identity" in report
     assert "Incompatibility density 41.0% (10 training grids of 49 positions)" in report
+
+
+def test_p_value_is_the_paired_t_test():
+    import scipy.stats
+
+    from pipeline.report import PairedDifference, summarise
+
+    diffs = [-1.0, -2.5, 0.3, -1.2]
+    difference = PairedDifference("fid", summarise(diffs), kamig_better=3)
+    assert difference.p_value == pytest.approx(scipy.stats.ttest_1samp(diffs, 0.0).pvalue)
+    assert PairedDifference("fid", summarise([1.0]), 0).significant is False
