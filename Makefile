@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 .PHONY: repro test setup data lint bench clean-venv
 
 repro: setup data
-	source $(BIN)/activate && dvc repro
+	source $(BIN)/activate && python -m pipeline.config check && dvc repro
 
 test: setup data
 	$(BIN)/python -m pytest
