@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -65,6 +66,17 @@ def test_second_repro_does_nothing(repo):
     assert stages_run(again.stdout) == set()
     status = run(["dvc", "status"], path)
     assert "Data and pipelines are up to date" in status.stdout
+
+
+def test_bytecode_and_kernel_caches_do_not_change_code_dependencies(repo):
+    # Stages depend on code directories (pipeline/graphs, pipeline/model, ...). Python writes
+    # bytecode into them and numba its compiled kernels, both machine-local: if DVC hashed them,
+    # a clone's `dvc status` would call the code modified after its first run.
+    path, _ = repo
+    run([sys.executable, "-m", "compileall", "-q", "pipeline"], path)
+    (path / "pipeline/graphs/__pycache__/kernels.add_forward_pairs-1.py311.nbi").write_bytes(b"x")
+    status = run(["dvc", "status"], path)
+    assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
 
 def test_fusion_weight_experiment_reruns_only_the_kamig_branch(repo):

@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.graphs import kernels
 from pipeline.graphs.cooccurrence import (
     cooccurrence_table,
     count_cooccurrence,
     neighbour_offsets,
     prune_top_ratio,
+    symmetrise,
 )
 from pipeline.graphs.normalisation import gcn_normalise
 from pipeline.graphs.source import subsample_mask
@@ -46,22 +48,30 @@ def test_offsets_are_the_8_and_4_neighbourhoods():
     assert sorted(neighbour_offsets(4)) == [(-1, 0), (0, -1), (0, 1), (1, 0)]
 
 
-def test_2x2_distinct_tokens():
+# Both counting paths (the compiled kernel and the numpy bincount) face every hand-computed case.
+BACKENDS = pytest.mark.parametrize("backend", ["compiled", "numpy"])
+
+
+@BACKENDS
+def test_2x2_distinct_tokens(backend):
     grid = np.array([[[0, 1], [2, 3]]])
     # In a 2x2 grid every cell touches every other one (diagonals included).
     all_pairs = {(a, b): 1 for a in range(4) for b in range(4) if a != b}
-    assert np.array_equal(count_cooccurrence(grid, 4, 8), from_pairs(4, all_pairs))
+    assert np.array_equal(count_cooccurrence(grid, 4, 8, backend), from_pairs(4, all_pairs))
     # Without diagonals, 0-3 and 1-2 are not neighbours.
     four = {(0, 1): 1, (1, 0): 1, (0, 2): 1, (2, 0): 1, (1, 3): 1, (3, 1): 1, (2, 3): 1, (3, 2): 1}
-    assert np.array_equal(count_cooccurrence(grid, 4, 4), from_pairs(4, four))
+    assert np.array_equal(count_cooccurrence(grid, 4, 4, backend), from_pairs(4, four))
 
 
-def test_2x2_repeated_tokens():
+@BACKENDS
+def test_2x2_repeated_tokens(backend):
     grid = np.array([[[0, 0], [1, 0]]])
     # 8: each of the three 0-cells sees two 0s and the 1; the 1-cell sees three 0s.
-    assert np.array_equal(count_cooccurrence(grid, 2, 8), from_pairs(2, {(0, 0): 6, (0, 1): 3, (1, 0): 3}))
+    assert np.array_equal(count_cooccurrence(grid, 2, 8, backend),
+                          from_pairs(2, {(0, 0): 6, (0, 1): 3, (1, 0): 3}))
     # 4: (0,0) sees 0 and 1; (0,1) sees two 0s; (1,0) sees two 0s; (1,1) sees 0 and 1.
-    assert np.array_equal(count_cooccurrence(grid, 2, 4), from_pairs(2, {(0, 0): 4, (0, 1): 2, (1, 0): 2}))
+    assert np.array_equal(count_cooccurrence(grid, 2, 4, backend),
+                          from_pairs(2, {(0, 0): 4, (0, 1): 2, (1, 0): 2}))
 
 
 NEIGHBOURS_3X3 = {
@@ -72,11 +82,12 @@ NEIGHBOURS_3X3 = {
 }
 
 
+@BACKENDS
 @pytest.mark.parametrize("neighbourhood", [8, 4])
-def test_3x3_distinct_tokens(neighbourhood):
+def test_3x3_distinct_tokens(neighbourhood, backend):
     grid = np.arange(9).reshape(1, 3, 3)
     expected = from_pairs(9, {(a, b): 1 for a, nbrs in NEIGHBOURS_3X3[neighbourhood].items() for b in nbrs})
-    counts = count_cooccurrence(grid, 9, neighbourhood)
+    counts = count_cooccurrence(grid, 9, neighbourhood, backend)
     assert np.array_equal(counts, expected)
     assert counts.sum() == {8: 40, 4: 24}[neighbourhood]  # 2 x (12 edges + 8 diagonal pairs) / 2 x 12
 
@@ -86,23 +97,25 @@ def symmetric(vocab: int, upper: dict[tuple[int, int], int]) -> np.ndarray:
     return out + np.triu(out, 1).T
 
 
-def test_3x3_repeated_tokens_two_images():
+@BACKENDS
+def test_3x3_repeated_tokens_two_images(backend):
     grids = np.array([[[0, 0, 1], [0, 2, 1], [1, 1, 1]], [[2, 2, 2], [2, 2, 2], [2, 2, 2]]])
     # Image 1, 4-neighbourhood, unordered adjacent pairs: rows {0,0} {0,1} | {0,2} {2,1} | {1,1} {1,1};
     # columns {0,0} {0,1} | {0,2} {2,1} | {1,1} {1,1}. Each counts once per order (twice on the diagonal).
     # Image 2 (all 2s): 24 ordered pairs with 4 neighbours, 40 with 8.
     four = symmetric(3, {(0, 0): 4, (0, 1): 2, (0, 2): 2, (1, 1): 8, (1, 2): 2, (2, 2): 24})
-    assert np.array_equal(count_cooccurrence(grids, 3, 4), four)
+    assert np.array_equal(count_cooccurrence(grids, 3, 4, backend), four)
     # Diagonals add: down-right {0,2} {0,1} {0,1} {2,1}; down-left {0,0} {1,2} {2,1} {1,1}.
     eight = symmetric(3, {(0, 0): 6, (0, 1): 4, (0, 2): 3, (1, 1): 10, (1, 2): 5, (2, 2): 40})
-    assert np.array_equal(count_cooccurrence(grids, 3, 8), eight)
+    assert np.array_equal(count_cooccurrence(grids, 3, 8, backend), eight)
 
 
+@BACKENDS
 @pytest.mark.parametrize("neighbourhood", [8, 4])
-@pytest.mark.parametrize("shape", [(5, 3, 5), (4, 1, 6), (3, 6, 1), (2, 7, 7)])
-def test_vectorised_equals_per_cell_loop(neighbourhood, shape):
+@pytest.mark.parametrize("shape", [(5, 3, 5), (4, 1, 6), (3, 6, 1), (1, 1, 1), (2, 7, 7)])
+def test_vectorised_equals_per_cell_loop(neighbourhood, shape, backend):
     grids = np.random.default_rng(sum(shape)).integers(0, 6, size=shape)
-    counts = count_cooccurrence(grids, 6, neighbourhood)
+    counts = count_cooccurrence(grids, 6, neighbourhood, backend)
     assert np.array_equal(counts, loop_count(grids, 6, neighbourhood))
     assert np.array_equal(counts, counts.T)
 
@@ -113,6 +126,31 @@ def test_counts_are_symmetric_and_additive_over_batches():
     assert np.array_equal(whole, whole.T)
     parts = count_cooccurrence(grids[:13], 50, 8) + count_cooccurrence(grids[13:], 50, 8)
     assert np.array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("block", [1, 7, 128])
+def test_blocked_symmetrise_equals_plain_transpose_add(block):
+    forward = np.random.default_rng(block).integers(0, 1000, size=(45, 45))  # 45: ragged last block
+    assert np.array_equal(symmetrise(forward, block), forward + forward.T)
+
+
+def test_threaded_kernel_equals_numpy_and_names_a_bad_image(monkeypatch):
+    # Force several threads on small inputs, so the per-thread tables and their sum are exercised
+    # even on a one-core machine.
+    monkeypatch.setattr(kernels, "MIN_IMAGES_PER_THREAD", 10)
+    monkeypatch.setattr(kernels, "available_threads", lambda: 3)
+    grids = np.random.default_rng(2).integers(0, 40, size=(95, 5, 6)).astype(np.int32)
+    for neighbourhood in (8, 4):
+        threaded = count_cooccurrence(grids, 40, neighbourhood, "compiled")
+        assert np.array_equal(threaded, count_cooccurrence(grids, 40, neighbourhood, "numpy"))
+    grids[71, 2, 3] = 40  # out of range: compiled code has no bounds checks, so it must refuse
+    with pytest.raises(ValueError, match=r"image 71 holds a token outside \[0, 40\)"):
+        count_cooccurrence(grids, 40, 8, "compiled")
+    with pytest.raises(ValueError, match=r"tokens must lie in \[0, 40\)"):
+        count_cooccurrence(grids, 40, 8, "numpy")
+    grids[71, 2, 3] = -1
+    with pytest.raises(ValueError, match="image 71"):
+        count_cooccurrence(grids, 40, 8, "compiled")
 
 
 def test_pruning_rule_with_ties():
