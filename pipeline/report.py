@@ -220,6 +220,14 @@ def _variant_rows(records: Sequence[ExperimentRecord]) -> list[list[str]]:
     return rows
 
 
+def _kamig_row(label: str, chosen: Sequence[ExperimentRecord]) -> list[str]:
+    """label, seeds, KA-MIG FID, paired FID - control, class accuracy: a row of the sweep tables."""
+    return [label, str(len(chosen)),
+            summarise(r.evaluation["kamig"]["fid"] for r in chosen).format(2),
+            paired_difference(chosen, "fid").summary.format(2),
+            summarise(r.evaluation["kamig"]["class_accuracy"] for r in chosen).format(3)]
+
+
 def _conclusion(main: Sequence[ExperimentRecord], differences: dict[str, PairedDifference],
                 train_gap: PairedDifference) -> list[str]:
     fid = differences["fid"]
@@ -340,11 +348,7 @@ def render_report(records: Sequence[ExperimentRecord], title: str = "KA-MIG on F
         chosen = select(records, weight=1.0, graphs=graphs)
         if not chosen:
             continue
-        diff = paired_difference(chosen, "fid")
-        ablation_rows.append([_graphs_label(graphs), str(len(chosen)),
-                              summarise(r.evaluation["kamig"]["fid"] for r in chosen).format(2),
-                              diff.summary.format(2),
-                              summarise(r.evaluation["kamig"]["class_accuracy"] for r in chosen).format(3)])
+        ablation_rows.append(_kamig_row(_graphs_label(graphs), chosen))
     lines += ["", "## Graph ablation (fusion.graphs, fusion.weight 1.0)", "",
               *_table(["graphs", "seeds", "KA-MIG FID", "FID − control (paired)", "class accuracy"],
                       ablation_rows)]
@@ -354,12 +358,7 @@ def render_report(records: Sequence[ExperimentRecord], title: str = "KA-MIG on F
                     summarise(r.evaluation["control"]["fid"] for r in main).format(2), "–",
                     summarise(r.evaluation["control"]["class_accuracy"] for r in main).format(3)]]
     for weight in weights:
-        chosen = select(records, weight=weight, graphs=ALL_GRAPHS)
-        diff = paired_difference(chosen, "fid")
-        weight_rows.append([f"{weight:g}", str(len(chosen)),
-                            summarise(r.evaluation["kamig"]["fid"] for r in chosen).format(2),
-                            diff.summary.format(2),
-                            summarise(r.evaluation["kamig"]["class_accuracy"] for r in chosen).format(3)])
+        weight_rows.append(_kamig_row(f"{weight:g}", select(records, weight=weight, graphs=ALL_GRAPHS)))
     lines += ["", "## Fusion weight (all three graphs)", "",
               *_table(["fusion.weight", "seeds", "KA-MIG FID", "FID − control (paired)", "class accuracy"],
                       weight_rows)]

@@ -97,5 +97,6 @@ def main() -> int:
           + (f"; failed: {', '.join(failed)}" if failed else "") + "; now: python scripts/make_report.py")
     return 1 if failed else 0
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,16 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @classmethod
+    def concat(cls, parts: Sequence[FeatureSet]) -> FeatureSet:
+        """One FeatureSet from consecutive parts (rows in the order given)."""
+        return cls(
+            domain=np.concatenate([p.domain for p in parts]),
+            logits=np.concatenate([p.logits for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            inception=None if parts[0].inception is None else np.concatenate([p.inception for p in parts]),
+        )
 
 
 @torch.inference_mode()

@@ -79,17 +79,6 @@ def dataset_batches(
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
-def concat_features(parts: Sequence[FeatureSet]) -> FeatureSet:
-    """One FeatureSet from consecutive parts (rows in the order given)."""
-    inception = [p.inception for p in parts]
-    return FeatureSet(
-        domain=np.concatenate([p.domain for p in parts]),
-        logits=np.concatenate([p.logits for p in parts]),
-        labels=np.concatenate([p.labels for p in parts]),
-        inception=None if inception[0] is None else np.concatenate(inception),
-    )
-
-
 def extract_shared(
     batches_of: Callable[[range], Batches],
     count: int,
@@ -112,7 +101,7 @@ def extract_shared(
         part = extract_features(batches_of(items), classifier, inception, state.device,
                                 total=len(items), desc=desc)
     parts = [p for p in gather_parts(part, state) if p is not None]
-    return concat_features(parts) if state.is_main_process else None
+    return FeatureSet.concat(parts) if state.is_main_process else None
 
 
 def body(cfg: Config) -> None:

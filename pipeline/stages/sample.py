@@ -229,19 +229,19 @@ def body(cfg: Config, variant: str) -> None:
     if variant not in VARIANTS:
         raise PipelineError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
     with shared_stage() as state:
-        samples = generate_shared(cfg, variant, state)
+        meta = read_meta(TOKENS_DIR)
+        samples = generate_shared(cfg, variant, meta, state)
         if state.is_main_process:
-            write_outputs(cfg, variant, samples, state.device)
+            write_outputs(cfg, variant, meta, samples, state.device)
 
 
-def generate_shared(cfg: Config, variant: str, state: PartialState) -> Samples | None:
+def generate_shared(cfg: Config, variant: str, meta: TokenMeta, state: PartialState) -> Samples | None:
     """This process's batches; the main process returns all samples in order, the others None."""
     from pipeline.launch import batch_share, gather_parts
     from pipeline.model import load_generator
     from pipeline.tokenizer.base import tokenizer_fingerprint
 
     device = state.device
-    meta = read_meta(TOKENS_DIR)
     model = load_generator(MODELS_DIR / variant, device, expected_meta=meta)
     if tokenizer_fingerprint(TOKENIZER_DIR) != meta.tokenizer_fingerprint:
         raise PipelineError(
@@ -263,12 +263,11 @@ def generate_shared(cfg: Config, variant: str, state: PartialState) -> Samples |
     return merge_samples(parts) if state.is_main_process else None
 
 
-def write_outputs(cfg: Config, variant: str, samples: Samples, device: torch.device) -> None:
+def write_outputs(cfg: Config, variant: str, meta: TokenMeta, samples: Samples, device: torch.device) -> None:
     """The samples directory, the PNG grid and the throughput json (main process only)."""
     from pipeline.metrics.classifier import quantize
     from pipeline.tokenizer.base import load_tokenizer
 
-    meta = read_meta(TOKENS_DIR)
     samples_dir, grid_path, metrics_path = sample_paths(variant)
     write_samples(samples_dir, meta, samples)
 
