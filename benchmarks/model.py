@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from pipeline.train import mask_batch
 
 from pipeline.ema import EMA
 from pipeline.model import AdapterSettings, GeneratorSpec, KnowledgeGraphs, MaskGIT, build_generator
 from pipeline.model.knowledge import csr_from_coo
-from pipeline.train import mask_batch
 
 
 @dataclass

@@ -124,7 +124,7 @@ def main() -> None:
 
 
 def time_evaluation(args, model, labels, plan, device, amp) -> None:
-    from pipeline.tokenizer.base import load_tokenizer
+    from pipeline.tokenizer.registry import load_tokenizer
 
     n = args.images
     tokens = maskgit_decode(model, class_balanced_labels(model.num_classes, -(-n // model.num_classes))[:n]

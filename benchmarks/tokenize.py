@@ -33,7 +33,8 @@ import torch
 from pipeline.config import Config, load_config
 from pipeline.data import FASHION_MNIST_FILES, read_fashion_mnist, synthetic_image
 from pipeline.shards import ShardWriter, TokenMeta
-from pipeline.tokenizer.base import Tokenizer, load_tokenizer
+from pipeline.tokenizer.base import Tokenizer
+from pipeline.tokenizer.registry import load_tokenizer
 from pipeline.tokenizer.train import build_vqvae
 
 

@@ -121,11 +121,6 @@ class SimilarityConfig:
 
 
 @dataclass(frozen=True)
-class IncompatibilityConfig:
-    min_count: int = _bounded(1, ge=1)
-
-
-@dataclass(frozen=True)
 class GraphsConfig:
     max_images: int | None = _bounded(None, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
@@ -136,7 +131,6 @@ class GraphsConfig:
     positions_groups_per_pass: int = _bounded(16777216, ge=1)
     cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
-    incompatibility: IncompatibilityConfig = field(default_factory=IncompatibilityConfig)
 
 
 @dataclass(frozen=True)
@@ -195,6 +189,10 @@ class FusionConfig:
     # all: the negative term at every position (official code); masked: masked positions only (paper).
     negative_at: Literal["all", "masked"] = "all"
     gcn_layers: int = _bounded(3, ge=1)
+    # A (class, position, token) seen fewer times than this in the train tokens is incompatible;
+    # 1 is the paper's "never observed". The graphs stage stores raw counts, so changing this
+    # re-runs only the fine-tunes.
+    min_count: int = _bounded(1, ge=1)
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,14 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from tqdm import tqdm
 
+from pipeline import layout
 from pipeline.config import Config
 from pipeline.errors import DataSourceError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-MANIFEST_PATH = Path("data/prepared/manifest.parquet")
+MANIFEST_PATH = layout.MANIFEST_PATH
 VAL_ID_OFFSET = 1_000_000_000
 FLIP_ID_OFFSET = 2_000_000_000
 
@@ -501,3 +502,18 @@ def load_split_images(
         )
         images = np.concatenate([batch[0].numpy() for batch in loader]) if count else np.zeros((0,))
     return np.ascontiguousarray(images), dataset.labels[:count].copy(), dataset.image_ids[:count].copy()
+
+
+def write_prepared(directory: Path, table: pa.Table, report: PrepareReport, class_names: list[str]) -> None:
+    """Atomically write ``data/prepared/``: the manifest, the class names and the skipped files."""
+    import csv
+
+    from pipeline.files import atomic_dir
+
+    with atomic_dir(directory) as tmp:
+        pq.write_table(table, tmp / MANIFEST_PATH.name, compression="zstd")
+        (tmp / "classes.json").write_text(json.dumps(class_names, indent=1) + "\n")
+        with open(tmp / "skipped.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows(report.skipped_files)

@@ -40,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # accelerate (and torch) load only when a stage asks for the state
+    import torch
     from accelerate import PartialState
 
 LAUNCH_ENV = "KAMIG_LAUNCH"
@@ -54,6 +55,13 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # Work splitting inside a stage
 # --------------------------------------------------------------------------------------------
+
+
+def single_process_device() -> torch.device:
+    """The device of a stage that always runs in one process (the classifier, the tokenizer)."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def process_state() -> PartialState:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline.train import mask_batch, masked_loss
 
 from pipeline.errors import PipelineError
 from pipeline.model import GeneratorSpec, MaskGIT, count_parameters, load_generator, save_generator
 from pipeline.shards import TokenMeta
-from pipeline.train import mask_batch, masked_loss
 
 V, C, L = 32, 4, 16
 

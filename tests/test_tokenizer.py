@@ -9,7 +9,8 @@ import torch
 from pipeline.config import TokenizerConfig
 from pipeline.data import synthetic_image
 from pipeline.errors import PipelineError
-from pipeline.tokenizer.base import load_tokenizer, save_tokenizer, tokenizer_fingerprint
+from pipeline.tokenizer.base import save_tokenizer, tokenizer_fingerprint
+from pipeline.tokenizer.registry import load_tokenizer
 from pipeline.tokenizer.train import build_vqvae, evaluate_tokenizer, random_batches, train_vqvae
 from pipeline.tokenizer.vqvae import VQVAE, EMAQuantizer
 

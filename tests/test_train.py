@@ -8,13 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from pipeline.config import config_from_dict
-from pipeline.ema import EMA
-from pipeline.model import GeneratorSpec, MaskGIT, build_generator, load_generator
-from pipeline.model.knowledge import AdapterSettings, load_knowledge_graphs
-from pipeline.shards import TokenMeta, TokenSplit, write_meta, write_shard
 from pipeline.train import (
     SampleOrder,
     TrainSettings,
@@ -23,6 +16,13 @@ from pipeline.train import (
     step_batch,
     train_generator,
 )
+from safetensors.torch import load_file
+
+from pipeline.config import config_from_dict
+from pipeline.ema import EMA
+from pipeline.model import GeneratorSpec, MaskGIT, build_generator, load_generator
+from pipeline.model.knowledge import AdapterSettings, load_knowledge_graphs
+from pipeline.shards import TokenMeta, TokenSplit, write_meta, write_shard
 from tests.helpers import write_graph_files
 from tests.test_knowledge import C, H, V, W, toy_data
 

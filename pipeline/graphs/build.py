@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline import layout
 from pipeline.config import GraphsConfig
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir, write_json
@@ -47,17 +48,25 @@ from pipeline.graphs.storage import (
 log = logging.getLogger(__name__)
 
 
+# The stage reports the incompatibility statistics of the paper's definition, "never observed";
+# the threshold the model uses is fusion.min_count, applied to the raw counts it stores.
+NEVER_OBSERVED = 1
+
+
 @dataclass(frozen=True)
 class StagePaths:
     """Inputs and outputs of the stage; the defaults are the DVC layout, tests pass temporary ones."""
 
-    tokens_dir: Path = Path("data/tokens")
-    graphs_dir: Path = Path("data/graphs")
-    metrics_file: Path = Path("metrics/graphs.json")
-    degrees_csv: Path = Path("metrics/plots/graph_degrees.csv")
-    picture: Path = Path("metrics/plots/graph_neighbours.png")
+    tokens_dir: Path = layout.TOKENS_DIR
+    graphs_dir: Path = layout.GRAPHS_DIR
+    metrics_file: Path = layout.METRICS_DIR / "graphs.json"
+    degrees_csv: Path = layout.PLOTS_DIR / "graph_degrees.csv"
+    picture: Path = layout.PLOTS_DIR / "graph_neighbours.png"
     # None: no neighbour picture (unit tests have no tokenizer).
-    tokenizer_dir: Path | None = Path("models/tokenizer")
+    tokenizer_dir: Path | None = layout.TOKENIZER_DIR
+
+    def outputs(self) -> list[Path]:
+        return [self.graphs_dir, self.metrics_file, self.degrees_csv, self.picture]
 
 
 @dataclass
@@ -95,7 +104,7 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
     with atomic_dir(paths.graphs_dir) as out:
         with timer.part("positions"):
             positions = count_position_tokens(source, out / POSITION_TOKEN_COUNTS_FILE,
-                                              cfg.positions_groups_per_pass, cfg.incompatibility.min_count)
+                                              cfg.positions_groups_per_pass, NEVER_OBSERVED)
         if not np.array_equal(positions.position_totals, counts.positions):
             raise RuntimeError("position-token counts from polars disagree with the numpy pass "
                                "(a bug: please report it with the shards)")
@@ -143,7 +152,7 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
                 "bruteforce_fallbacks": similarity.fallbacks,
             },
             "incompatibility": {
-                "min_count": cfg.incompatibility.min_count,
+                "min_count": NEVER_OBSERVED,
                 "density": positions.incompatibility_density,
                 "observed_triples": positions.observed_triples,
                 "compatible_triples": positions.compatible_triples,
@@ -167,7 +176,8 @@ def _picture(cfg: GraphsConfig, paths: StagePaths, fingerprint: str, counts: Cor
         return
     # Imported here: only the picture needs torch and the tokenizer implementations.
     from pipeline.graphs import pictures
-    from pipeline.tokenizer.base import load_tokenizer, tokenizer_fingerprint
+    from pipeline.tokenizer.base import tokenizer_fingerprint
+    from pipeline.tokenizer.registry import load_tokenizer
 
     tokenizer = load_tokenizer(paths.tokenizer_dir)
     found = tokenizer_fingerprint(paths.tokenizer_dir)

@@ -15,7 +15,7 @@ decoding). Each pass's sorted result is appended to the file in fixed-size row g
 do not depend on the number of passes.
 
 The incompatibility graph is defined from this file: (c, p, t) is incompatible when its count is
-below ``graphs.incompatibility.min_count`` (absent triples have count 0).
+below ``fusion.min_count`` (absent triples have count 0).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""On-disk format of the graph files in ``data/graphs/``, and the loaders the model uses.
+"""The graph files in ``data/graphs/``: their format, and every read of them (the model's included).
 
 Three Parquet files, zstd-compressed, rows sorted, fixed row-group size and no timestamps, so the
 same tokens always give the same bytes:
@@ -17,13 +17,16 @@ stores exactly the k nearest neighbours of each token and no self-loops, so the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.config import GraphName
 from pipeline.errors import PipelineError
 from pipeline.graphs.normalisation import similarity_self_loops
 
@@ -202,3 +205,105 @@ def load_position_token_counts(path: str | Path) -> PositionTokenCounts:
     table = _read(path, POSITION_TOKEN_COUNTS_SCHEMA)
     return PositionTokenCounts(*(table.column(name).to_numpy().astype(np.int64)
                                  for name in ("label", "position", "token", "count")))
+
+
+# --------------------------------------------------------------------------------------------
+# What the knowledge adapter reads: the files above, checked against the token layout
+# --------------------------------------------------------------------------------------------
+
+GRAPH_FILES: dict[GraphName, str] = {
+    "cooccurrence": COOCCURRENCE_FILE,
+    "similarity": SIMILARITY_FILE,
+    "incompatibility": POSITION_TOKEN_COUNTS_FILE,
+}
+# The graphs the GCN convolves over; incompatibility enters as the negative term instead.
+POSITIVE_GRAPHS: tuple[GraphName, ...] = ("cooccurrence", "similarity")
+
+
+@dataclass
+class KnowledgeGraphData:
+    """The graph inputs of the adapter, as numpy arrays checked against the token layout.
+
+    ``edges[g]`` are the entries ``(src, dst, weight)`` of graph g's normalised operator (row
+    ``src`` aggregates from column ``dst``). ``compatible_ptr`` / ``compatible_tokens`` are a CSR
+    matrix over rows ``c * seq_len + i`` for classes c in [0, num_classes] (the last one is the
+    null class, whose statistics are the class marginals): ``compatible_tokens[ptr[r]:ptr[r + 1]]``
+    are the tokens seen at least ``min_count`` times at (c, i); every other token is incompatible.
+    """
+
+    codebook_size: int
+    num_classes: int
+    seq_len: int
+    edges: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
+    compatible_ptr: np.ndarray | None = None
+    compatible_tokens: np.ndarray | None = None
+
+
+def _check_range(path: Path, name: str, values: np.ndarray, upper: int) -> None:
+    if values.size and (values.min() < 0 or values.max() >= upper):
+        raise PipelineError(
+            f"graph file {path}: column '{name}' holds values outside [0, {upper}) "
+            "(graphs built from different tokens? re-run dvc repro graphs)"
+        )
+
+
+def _checked(load: Any, path: Path) -> Any:
+    try:
+        return load(path)
+    except PipelineError:
+        raise
+    except Exception as exc:  # pyarrow raises several types; the message is what matters
+        raise PipelineError(f"cannot read graph file {path}: {exc}") from exc
+
+
+def compatible_sets(
+    counts: PositionTokenCounts, codebook_size: int, num_classes: int, seq_len: int, min_count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(ptr, tokens) of the compatible sets per (class, position), the null class last."""
+    label, position, token, count = counts.label, counts.position, counts.token, counts.count
+    # Per class: the observed triples with enough occurrences.
+    keep = count >= min_count
+    keys = [(label[keep] * seq_len + position[keep]) * codebook_size + token[keep]]
+    # Null class (CFG): the class-marginal counts, one extra block of rows after the real classes.
+    marginal = np.bincount(position * codebook_size + token, weights=count, minlength=seq_len * codebook_size)
+    (flat,) = np.nonzero(marginal >= min_count)
+    keys.append(num_classes * seq_len * codebook_size + flat)
+    key = np.unique(np.concatenate(keys))  # sorted by (row, token); duplicates merged
+
+    rows, tokens = np.divmod(key, codebook_size)
+    ptr = np.zeros((num_classes + 1) * seq_len + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=(num_classes + 1) * seq_len), out=ptr[1:])
+    # int16 halves the largest buffer (ImageNet: ~10^8 entries) whenever the vocabulary allows.
+    token_dtype = np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32
+    return ptr, tokens.astype(token_dtype)
+
+
+def load_knowledge_graphs(
+    graph_dir: str | Path,
+    *,
+    codebook_size: int,
+    num_classes: int,
+    seq_len: int,
+    graphs: Iterable[GraphName],
+    min_count: int,
+) -> KnowledgeGraphData:
+    """Read and check the graph files the adapter needs from ``graph_dir`` (``data/graphs``)."""
+    graph_dir = Path(graph_dir)
+    result = KnowledgeGraphData(codebook_size, num_classes, seq_len)
+    for name in graphs:
+        path = graph_dir / GRAPH_FILES[name]
+        if name in POSITIVE_GRAPHS:
+            src, dst, weight = _checked(load_edges, path)
+            _check_range(path, "src", src, codebook_size)
+            _check_range(path, "dst", dst, codebook_size)
+            if not np.isfinite(weight).all():
+                raise PipelineError(f"graph file {path}: column 'weight' holds non-finite values")
+            result.edges[name] = (src, dst, weight)
+        else:
+            counts = _checked(load_position_token_counts, path)
+            for column, upper in (("label", num_classes), ("position", seq_len), ("token", codebook_size)):
+                _check_range(path, column, getattr(counts, column), upper)
+            result.compatible_ptr, result.compatible_tokens = compatible_sets(
+                counts, codebook_size, num_classes, seq_len, min_count
+            )
+    return result

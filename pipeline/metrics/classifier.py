@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipeline.config import ClassifierConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 
@@ -44,8 +45,8 @@ class ClassifierSpec:
     channels: int
     image_size: int
     num_classes: int
-    feature_dim: int = 128
-    width: int = 32
+    feature_dim: int  # eval.classifier.feature_dim
+    width: int  # eval.classifier.width
     max_width: int = 256
     # Stride-1 blocks at the final (about 7 x 7) resolution: depth where it is cheapest.
     refine_blocks: int = 1
@@ -97,23 +98,12 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """Floats in [0, 1] (decoded samples) -> uint8, the same representation as the real images."""
-    return (images.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-
-
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class TrainSettings:
-    steps: int
-    batch_size: int
-    lr: float
-    seed: int
-    weight_decay: float = 1e-4
+WEIGHT_DECAY = 1e-4
 
 
 def random_batches(
@@ -128,7 +118,7 @@ def random_batches(
 def train_classifier(
     spec: ClassifierSpec,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    settings: TrainSettings,
+    settings: ClassifierConfig,
     device: str | torch.device = "cpu",
 ) -> DomainClassifier:
     """Train from ``batches`` of (uint8 images, labels): AdamW with a one-cycle LR schedule.
@@ -139,7 +129,7 @@ def train_classifier(
         torch.manual_seed(settings.seed)
         model = DomainClassifier(spec)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=WEIGHT_DECAY)
     # One-cycle (warm-up then cosine decay) reaches ~92% on Fashion-MNIST in about three epochs.
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.15
@@ -216,3 +206,58 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
     except (OSError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:
         raise PipelineError(f"cannot load the classifier in {directory}: {exc}") from exc
     return model.to(device).eval()
+
+
+# --------------------------------------------------------------------------------------------
+# The classifier stage's work
+# --------------------------------------------------------------------------------------------
+
+
+def train_batches(cfg: Config, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless random (uint8 images, labels) train batches, seeded by ``generator``."""
+    from pipeline.data import ImageDataset, load_split_images
+
+    ccfg = cfg.eval.classifier
+    dataset = ImageDataset(cfg, "train")
+    if dataset.in_memory:
+        images, labels, _ = load_split_images(cfg, "train")
+        return random_batches(torch.from_numpy(images), torch.from_numpy(labels), ccfg.batch_size, generator)
+    sampler = torch.utils.data.RandomSampler(
+        dataset, replacement=True, num_samples=ccfg.steps * ccfg.batch_size, generator=generator
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=ccfg.batch_size, sampler=sampler, num_workers=cfg.data.workers, drop_last=True
+    )
+    return ((images, labels) for images, labels, _ in loader)
+
+
+def fit_domain_classifier(cfg: Config, device: torch.device) -> tuple[DomainClassifier, dict[str, Any]]:
+    """Train on the real train images (``eval.classifier.*``), score on val; (model, metrics)."""
+    import time
+
+    from pipeline.data import ImageDataset, num_channels, num_classes
+    from pipeline.metrics import extract_features
+    from pipeline.metrics.extraction import dataset_batches
+
+    ccfg = cfg.eval.classifier
+    spec = ClassifierSpec(channels=num_channels(cfg), image_size=cfg.data.image_size,
+                          num_classes=num_classes(), feature_dim=ccfg.feature_dim, width=ccfg.width)
+    generator = torch.Generator().manual_seed(ccfg.seed)
+    start = time.perf_counter()
+    model = train_classifier(spec, train_batches(cfg, generator), ccfg, device)
+    train_seconds = time.perf_counter() - start
+
+    val = ImageDataset(cfg, "val")
+    scored = extract_features(
+        # eval.classifier.batch_size, not eval.batch_size: the stage reads eval.classifier.* only.
+        dataset_batches(val, np.arange(len(val)), ccfg.batch_size, cfg.data.workers),
+        model, device=device, total=len(val), desc="classifier val",
+    )
+    val_accuracy = accuracy(scored.logits, scored.labels)
+    metrics = {
+        "val_accuracy": val_accuracy,
+        "train_seconds": train_seconds,
+        "steps": ccfg.steps,
+        "params": sum(p.numel() for p in model.parameters()),
+    }
+    return model, metrics

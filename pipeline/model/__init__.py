@@ -3,16 +3,16 @@
 Sampler and evaluation use::
 
     model = load_generator("models/kamig", device)       # eval mode, EMA weights, adapter included
+    model.precompute()                                    # freeze the adapter's inference tables
     logits = model(tokens, labels)                        # (B, L) with mask_id, (B,) -> (B, L, V)
     model.mask_id, model.null_class, model.codebook_size, model.num_classes, model.seq_len
 """
 
 from pipeline.model.io import build_generator, check_token_meta, load_generator, save_generator
-from pipeline.model.knowledge import AdapterSettings, KnowledgeAdapter, KnowledgeGraphs, load_knowledge_graphs
+from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
 from pipeline.model.transformer import GeneratorSpec, MaskGIT, count_parameters
 
 __all__ = [
-    "AdapterSettings",
     "GeneratorSpec",
     "KnowledgeAdapter",
     "KnowledgeGraphs",
@@ -21,6 +21,5 @@ __all__ = [
     "check_token_meta",
     "count_parameters",
     "load_generator",
-    "load_knowledge_graphs",
     "save_generator",
 ]

@@ -3,8 +3,8 @@
 ``config.json`` records everything needed to rebuild the module without ``params.yaml``:
 
 * ``architecture``: the :class:`GeneratorSpec`;
-* ``adapter``: the :class:`AdapterSettings` (graphs used, negative_at, GCN layers, fusion weight,
-  min_count), or null for the base model. The graphs themselves are buffers in the weights file;
+* ``adapter``: the ``fusion`` params it was built with (graphs used, negative_at, GCN layers,
+  fusion weight, min_count), or null for the base model. The graphs are buffers in the weights file;
 * ``tokens``: the token meta the model was trained on, including the tokenizer fingerprint, so a
   model is never silently used with tokens from another tokenizer or grid;
 * ``variant`` and ``weights``: "ema" (only the EMA weights are saved; they are what samples).
@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -20,9 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from pipeline.config import FusionConfig, config_from_dict
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
-from pipeline.model.knowledge import POSITIVE_GRAPHS, AdapterSettings, KnowledgeAdapter, KnowledgeGraphs
+from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
 from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.shards import TokenMeta
 
@@ -32,14 +34,14 @@ FORMAT_VERSION = 1
 
 
 def build_generator(
-    spec: GeneratorSpec, settings: AdapterSettings | None = None, graphs: KnowledgeGraphs | None = None
+    spec: GeneratorSpec, fusion: FusionConfig | None = None, graphs: KnowledgeGraphs | None = None
 ) -> MaskGIT:
-    """A fresh model; with ``settings`` and ``graphs`` it carries a (zero-initialised) adapter."""
+    """A fresh model; with ``fusion`` and ``graphs`` it carries a (zero-initialised) adapter."""
     adapter = None
-    if settings is not None:
+    if fusion is not None:
         if graphs is None:
             raise ValueError("an adapter needs its graphs")
-        adapter = KnowledgeAdapter(spec.dim, spec.depth, graphs, settings)
+        adapter = KnowledgeAdapter(spec.dim, spec.depth, graphs, fusion)
     return MaskGIT(spec, adapter)
 
 
@@ -51,7 +53,7 @@ def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token
         "variant": variant,
         "weights": "ema",
         "architecture": model.spec.to_dict(),
-        "adapter": None if adapter is None else adapter.settings.to_dict(),
+        "adapter": None if adapter is None else _plain(adapter.fusion),
         "tokens": asdict(token_meta),
     }
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
@@ -89,14 +91,12 @@ def check_token_meta(model_dir: str | Path, model_tokens: dict[str, Any], expect
     )
 
 
-def _graphs_from_state(spec: GeneratorSpec, state: dict[str, torch.Tensor], prefix: str) -> KnowledgeGraphs:
-    graphs = KnowledgeGraphs(spec.codebook_size, spec.num_classes, spec.seq_len)
-    for name in POSITIVE_GRAPHS:
-        if f"{prefix}{name}_crow" in state:
-            graphs.edges[name] = tuple(state[f"{prefix}{name}_{part}"] for part in ("crow", "col", "weight"))
-    graphs.compatible_ptr = state.get(f"{prefix}compatible_ptr")
-    graphs.compatible_tokens = state.get(f"{prefix}compatible_tokens")
-    return graphs
+def _plain(fusion: FusionConfig) -> dict[str, Any]:
+    return dataclasses.asdict(fusion)
+
+
+def _fusion_from_dict(raw: dict[str, Any]) -> FusionConfig:
+    return config_from_dict({"fusion": raw}, source="config.json").fusion
 
 
 def load_generator(
@@ -120,9 +120,12 @@ def load_generator(
         raise PipelineError(f"cannot read {weights}: {exc}") from exc
 
     spec = GeneratorSpec(**config["architecture"])
-    settings = None if config["adapter"] is None else AdapterSettings.from_dict(config["adapter"])
-    graphs = None if settings is None else _graphs_from_state(spec, state, "adapter.")
-    model = build_generator(spec, settings, graphs)
+    fusion, graphs = None, None
+    if config["adapter"] is not None:
+        fusion = _fusion_from_dict(config["adapter"])
+        graphs = KnowledgeGraphs.from_state(spec.codebook_size, spec.num_classes, spec.seq_len, state,
+                                            prefix="adapter.")
+    model = build_generator(spec, fusion, graphs)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -30,11 +30,12 @@ Implementation notes (why it is fast):
   classes x positions x vocab tensor is ever built (1000 x 256 x 1024 on ImageNet).
 * Per layer, both terms live in one table ``w * [token rows; -(class, position) rows]`` and one
   EmbeddingBag sums the two rows each position needs: one memory pass per layer, not five.
-* In eval mode everything depends only on the weights, not on the input: the per-layer tables
-  (for every class, when that fits ``cache_bytes``; else the token rows only) are computed once
-  and reused across decoding steps, batches and the CFG pass. The cache is keyed on the identity and
-  version counter of every tensor it reads (bumped by optimiser steps, ``load_state_dict`` and
-  any in-place write) and dropped on ``train()``.
+* At inference everything depends only on the weights, not on the input: :meth:`precompute`
+  (called by the sampler once the weights are final) builds the whole per-layer table for every
+  class, and ``forward`` then only gathers from it, across decoding steps, batches and the CFG
+  pass. ``train()`` drops the table. When it does not fit ``precompute_bytes`` (ImageNet: 1001
+  classes x 257 positions x 25 layers) ``forward`` computes the batch's rows instead, which at
+  that scale costs well under 1% of the transformer.
 * The adjacencies are CSR matrices with their transposes kept alongside, so the GCN's backward
   is one more sparse matmul instead of a transpose-and-sort on every step.
 * The graphs are registered buffers, so a saved model is self-contained.
@@ -42,69 +43,36 @@ Implementation notes (why it is fast):
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import PipelineError
-from pipeline.graphs.storage import load_edges
+from pipeline.config import FusionConfig
+from pipeline.graphs.storage import POSITIVE_GRAPHS, KnowledgeGraphData
 
-GRAPH_NAMES = ("cooccurrence", "similarity", "incompatibility")
-POSITIVE_GRAPHS = ("cooccurrence", "similarity")
-GRAPH_FILES = {
-    "cooccurrence": "cooccurrence.parquet",
-    "similarity": "similarity.parquet",
-    "incompatibility": "position_token_counts.parquet",
-}
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------------
-# Settings and graph data
+# Graph data
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AdapterSettings:
-    """The ``fusion.*`` params (plus the incompatibility threshold), saved in ``config.json``."""
-
-    graphs: tuple[str, ...] = GRAPH_NAMES
-    negative_at: Literal["all", "masked"] = "all"
-    gcn_layers: int = 3
-    weight: float = 1.0
-    min_count: int = 1
-
-    def __post_init__(self) -> None:
-        unknown = set(self.graphs) - set(GRAPH_NAMES)
-        if unknown:
-            raise ValueError(f"unknown graph(s) {sorted(unknown)}; choose from {list(GRAPH_NAMES)}")
-        if self.negative_at not in ("all", "masked"):
-            raise ValueError(f"negative_at must be 'all' or 'masked', got {self.negative_at!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "graphs": list(self.graphs)}
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> AdapterSettings:
-        return cls(**{**raw, "graphs": tuple(raw["graphs"])})
 
 
 @dataclass
 class KnowledgeGraphs:
-    """The graph data an adapter is built from (CPU tensors, exactly what becomes its buffers).
+    """The graph tensors an adapter is built from (CPU tensors, exactly what becomes its buffers).
 
     ``edges[g]`` is the GCN-normalised adjacency of graph g in CSR form, ``(crow (V + 1,) int64,
     col (E,) int64, weight (E,) float32)``: row ``src`` aggregates from its ``dst`` columns.
-    The compatible set is a CSR matrix over rows ``c * seq_len + i`` for classes c in
-    [0, num_classes] (the last one is the null class): ``compatible_tokens[ptr[r]:ptr[r + 1]]``
-    are the tokens observed at least ``min_count`` times at (c, i).
+    ``compatible_ptr`` / ``compatible_tokens`` are the compatible sets of
+    :class:`pipeline.graphs.storage.KnowledgeGraphData`.
     """
 
     codebook_size: int
@@ -114,23 +82,32 @@ class KnowledgeGraphs:
     compatible_ptr: torch.Tensor | None = None
     compatible_tokens: torch.Tensor | None = None
 
+    @classmethod
+    def from_data(cls, data: KnowledgeGraphData) -> KnowledgeGraphs:
+        """From the checked arrays of :func:`pipeline.graphs.storage.load_knowledge_graphs`."""
+        graphs = cls(data.codebook_size, data.num_classes, data.seq_len)
+        for name, (src, dst, weight) in data.edges.items():
+            index = torch.from_numpy(np.stack([src, dst]).astype(np.int64))
+            graphs.edges[name] = csr_from_coo(index, torch.from_numpy(weight.astype(np.float32)),
+                                              data.codebook_size)
+        if data.compatible_ptr is not None:
+            graphs.compatible_ptr = torch.from_numpy(data.compatible_ptr)
+            graphs.compatible_tokens = torch.from_numpy(data.compatible_tokens)
+        return graphs
 
-def _read_columns(path: Path, columns: list[str]) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise PipelineError(f"graph file {path} not found: run the graphs stage (dvc repro graphs)")
-    try:
-        table = pq.read_table(path, columns=columns)
-    except Exception as exc:  # pyarrow raises several types; the message is what matters
-        raise PipelineError(f"cannot read graph file {path} (columns {columns}): {exc}") from exc
-    return {name: table.column(name).to_numpy() for name in columns}
-
-
-def _check_range(path: Path, name: str, values: np.ndarray, upper: int) -> None:
-    if values.size and (values.min() < 0 or values.max() >= upper):
-        raise PipelineError(
-            f"graph file {path}: column '{name}' holds values outside [0, {upper}) "
-            "(graphs built from different tokens? re-run dvc repro graphs)"
-        )
+    @classmethod
+    def from_state(
+        cls, codebook_size: int, num_classes: int, seq_len: int, state: dict[str, torch.Tensor], prefix: str
+    ) -> KnowledgeGraphs:
+        """The graphs saved as an adapter's buffers (``prefix`` = ``"adapter."`` in a model's state)."""
+        graphs = cls(codebook_size, num_classes, seq_len)
+        for name in POSITIVE_GRAPHS:
+            if f"{prefix}{name}_crow" in state:
+                parts = ("crow", "col", "weight")
+                graphs.edges[name] = tuple(state[f"{prefix}{name}_{part}"] for part in parts)
+        graphs.compatible_ptr = state.get(f"{prefix}compatible_ptr")
+        graphs.compatible_tokens = state.get(f"{prefix}compatible_tokens")
+        return graphs
 
 
 def csr_from_coo(
@@ -148,76 +125,6 @@ def csr_from_coo(
     # clone: `col` is a row of the (2, E) index tensor, a view that does not cover its storage,
     # and safetensors refuses to load such a buffer back (accelerate's resume from a checkpoint).
     return crow, col.clone(), coo.values().to(torch.float32).contiguous()
-
-
-def _load_edges(path: Path, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    # The graphs package owns the file format: for the similarity graph the self-loop entries of
-    # the normalised operator are implicit in the file and must be added back, which load_edges does.
-    if not path.is_file():
-        raise PipelineError(f"graph file {path} not found: run the graphs stage (dvc repro graphs)")
-    try:
-        src, dst, weight = load_edges(path)
-    except PipelineError:
-        raise
-    except Exception as exc:  # pyarrow raises several types; the message is what matters
-        raise PipelineError(f"cannot read graph file {path}: {exc}") from exc
-    _check_range(path, "src", src, codebook_size)
-    _check_range(path, "dst", dst, codebook_size)
-    if not np.isfinite(weight).all():
-        raise PipelineError(f"graph file {path}: column 'weight' holds non-finite values")
-    index = torch.from_numpy(np.stack([src, dst]).astype(np.int64))
-    return csr_from_coo(index, torch.from_numpy(weight.astype(np.float32)), codebook_size)
-
-
-def _load_compatible(
-    path: Path, codebook_size: int, num_classes: int, seq_len: int, min_count: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    cols = _read_columns(path, ["label", "position", "token", "count"])
-    for name, upper in (("label", num_classes), ("position", seq_len), ("token", codebook_size)):
-        _check_range(path, name, cols[name], upper)
-    label = cols["label"].astype(np.int64)
-    position = cols["position"].astype(np.int64)
-    token = cols["token"].astype(np.int64)
-    count = cols["count"].astype(np.int64)
-
-    # Per class: the observed triples with enough occurrences.
-    keep = count >= min_count
-    keys = [(label[keep] * seq_len + position[keep]) * codebook_size + token[keep]]
-    # Null class (CFG): the class-marginal counts, one extra block of rows after the real classes.
-    marginal = np.bincount(position * codebook_size + token, weights=count, minlength=seq_len * codebook_size)
-    (flat,) = np.nonzero(marginal >= min_count)
-    keys.append(num_classes * seq_len * codebook_size + flat)
-    key = np.unique(np.concatenate(keys))  # sorted by (row, token); duplicates merged
-
-    rows, tokens = np.divmod(key, codebook_size)
-    ptr = np.zeros((num_classes + 1) * seq_len + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=(num_classes + 1) * seq_len), out=ptr[1:])
-    # int16 halves the largest buffer (ImageNet: ~10^8 entries) whenever the vocabulary allows.
-    token_dtype = np.int16 if codebook_size <= np.iinfo(np.int16).max else np.int32
-    return torch.from_numpy(ptr), torch.from_numpy(tokens.astype(token_dtype))
-
-
-def load_knowledge_graphs(
-    graph_dir: str | Path,
-    *,
-    codebook_size: int,
-    num_classes: int,
-    seq_len: int,
-    graphs: Iterable[str] = GRAPH_NAMES,
-    min_count: int = 1,
-) -> KnowledgeGraphs:
-    """Read the graph files the adapter needs from ``graph_dir`` (``data/graphs``) and check them."""
-    graph_dir = Path(graph_dir)
-    result = KnowledgeGraphs(codebook_size, num_classes, seq_len)
-    for name in graphs:
-        path = graph_dir / GRAPH_FILES[name]
-        if name in POSITIVE_GRAPHS:
-            result.edges[name] = _load_edges(path, codebook_size)
-        else:
-            result.compatible_ptr, result.compatible_tokens = _load_compatible(
-                path, codebook_size, num_classes, seq_len, min_count
-            )
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -285,22 +192,23 @@ class KnowledgeAdapter(nn.Module):
         dim: int,
         depth: int,
         graphs: KnowledgeGraphs,
-        settings: AdapterSettings,
-        cache_bytes: int = 1 << 30,
+        fusion: FusionConfig,
+        precompute_bytes: int = 1 << 30,
     ):
         super().__init__()
-        self.settings = settings
+        self.fusion = fusion
         self.codebook_size = graphs.codebook_size
         self.mask_id = graphs.codebook_size
         self.num_classes = graphs.num_classes
         self.seq_len = graphs.seq_len
         self.depth = depth
-        # Inference cache budget: the per-layer tables for every class are cached only when they fit.
-        self.cache_bytes = cache_bytes
+        # Memory budget of the inference tables built by precompute().
+        self.precompute_bytes = precompute_bytes
+        self.tables: torch.Tensor | None = None  # (depth, rows, dim) after precompute()
 
-        self.register_buffer("fusion_weight", torch.tensor(float(settings.weight)))
-        self.positive = [g for g in POSITIVE_GRAPHS if g in settings.graphs]
-        self.negative = "incompatibility" in settings.graphs
+        self.register_buffer("fusion_weight", torch.tensor(float(fusion.weight)))
+        self.positive = [g for g in POSITIVE_GRAPHS if g in fusion.graphs]
+        self.negative = "incompatibility" in fusion.graphs
         self.gcn = nn.ModuleDict()
         # projections[g][l] is Z_l^g as a (dim_in, dim_out) matrix: one per graph and per layer,
         # zero-initialised so the adapter starts as an exact no-op.
@@ -317,7 +225,7 @@ class KnowledgeAdapter(nn.Module):
             for part, value in zip(("crow", "col", "weight"),
                                    csr_from_coo(torch.stack([col, rows]), weight, self.codebook_size)):
                 self.register_buffer(f"{name}_transpose_{part}", value, persistent=False)
-            self.gcn[name] = GCN(dim, settings.gcn_layers)
+            self.gcn[name] = GCN(dim, fusion.gcn_layers)
             self.projections[name] = nn.Parameter(torch.zeros(depth, dim, dim))
         if self.negative:
             if graphs.compatible_ptr is None or graphs.compatible_tokens is None:
@@ -328,9 +236,6 @@ class KnowledgeAdapter(nn.Module):
             self.negative_embed = nn.Parameter(torch.eye(dim))
             self.projections["incompatibility"] = nn.Parameter(torch.zeros(depth, dim, dim))
 
-        self.use_cache = True
-        self._cache: dict[str, Any] | None = None
-        self._cache_key: tuple | None = None
 
     # ---- graph buffers --------------------------------------------------------------------------
 
@@ -419,49 +324,44 @@ class KnowledgeAdapter(nn.Module):
             assert groups is not None
             first = offset + groups[:, None] * (self.seq_len + 1)  # each group's zero row
             rows = first + torch.arange(self.seq_len + 1, device=tokens.device)
-            if self.settings.negative_at == "masked":
+            if self.fusion.negative_at == "masked":
                 rows = torch.where(slots == self.mask_id, rows, first)  # class slot: row 0 anyway
             columns.append(rows)
         return torch.stack(columns, dim=-1).reshape(-1, len(columns))
 
-    def _negative_fits_cache(self) -> bool:
-        rows = self.codebook_size + 1 + (self.num_classes + 1) * (self.seq_len + 1)
-        dim = self.projections["incompatibility"].shape[-1]
-        return self.depth * rows * dim * 4 <= self.cache_bytes
+    def _tables_bytes(self) -> int:
+        rows = self.codebook_size + 1 + (self.num_classes + 1) * (self.seq_len + 1) * self.negative
+        dim = next(iter(self.projections.values())).shape[-1]
+        return self.depth * rows * dim * 4
 
-    # ---- inference cache -----------------------------------------------------------------------
+    # ---- inference tables ----------------------------------------------------------------------
 
-    def _weights_key(self, embeddings: torch.Tensor) -> tuple:
-        # Every tensor the tables read: identity (storage pointer, dtype, device) and version
-        # counter. Optimiser steps, load_state_dict, in-place writes and .to() all change one.
-        tensors = [embeddings, *self.parameters(), *self.buffers()]
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    @torch.no_grad()
+    def precompute(self, embeddings: torch.Tensor) -> bool:
+        """Build the per-layer fusion tables for every class from the current weights.
 
-    def _cached(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor | None]:
-        """Eval-mode tables: the whole per-layer fusion table for every class when it fits
-        ``cache_bytes`` (Fashion-MNIST: 2 MB), otherwise just the co/s token tables."""
-        key = self._weights_key(embeddings)
-        if self._cache is None or self._cache_key != key:
-            self._cache = None  # free the old tables before building new ones
-            # Plain tensors even when called under inference_mode, so a later no_grad caller works.
-            with torch.inference_mode(False), torch.no_grad():
-                emb = embeddings.float()
-                positive = self.positive_tables(emb)
-                cache: dict[str, torch.Tensor | None] = {"positive": positive}
-                if not self.negative or self._negative_fits_cache():
-                    every_class = torch.arange(self.num_classes + 1, device=emb.device)
-                    negative = self.negative_features(emb, every_class) if self.negative else None
-                    cache["tables"] = torch.stack(
-                        [self.fusion_table(positive, negative, layer) for layer in range(self.depth)]
-                    )
-            self._cache, self._cache_key = cache, key
-        return self._cache
+        Call it once the weights are final (the sampler does, after loading); ``train()`` drops
+        the tables. Returns False, building nothing, when they exceed ``precompute_bytes``: then
+        ``forward`` keeps computing the batch's rows. Plain tensors even under inference_mode, so
+        a later no_grad caller can use them.
+        """
+        self.tables = None  # free the old tables before building new ones
+        if (not self.positive and not self.negative) or self._tables_bytes() > self.precompute_bytes:
+            return False
+        with torch.inference_mode(False):
+            emb = embeddings.float()
+            positive = self.positive_tables(emb)
+            every_class = torch.arange(self.num_classes + 1, device=emb.device)
+            negative = self.negative_features(emb, every_class) if self.negative else None
+            self.tables = torch.stack([self.fusion_table(positive, negative, layer)
+                                       for layer in range(self.depth)])
+        return True
 
-    def clear_cache(self) -> None:
-        self._cache, self._cache_key = None, None
+    def release_precomputed(self) -> None:
+        self.tables = None
 
     def train(self, mode: bool = True) -> KnowledgeAdapter:
-        self.clear_cache()  # weights are about to change; also frees the memory
+        self.tables = None  # the weights are about to change; also frees the memory
         return super().train(mode)
 
     # ---- fusion --------------------------------------------------------------------------------
@@ -476,18 +376,17 @@ class KnowledgeAdapter(nn.Module):
         # The graph computations run in float32 even under bf16 autocast: torch.sparse has no
         # bf16 kernels everywhere, and these tables are tiny next to the transformer.
         with torch.autocast(tokens.device.type, enabled=False):
-            cached = self._cached(embeddings) if (self.use_cache and not self.training) else None
-            if cached is not None and "tables" in cached:
-                tables = cached["tables"]
-                index = self._fusion_index(tokens, labels)  # groups = classes: every class is there
+            if self.tables is not None and not self.training:  # precomputed: every class is there
+                tables = self.tables
+                index = self._fusion_index(tokens, labels)
 
                 def table_at(layer: int) -> torch.Tensor:
                     return tables[layer]
-            else:
+            else:  # from the current weights, for the classes of this batch only
                 emb = embeddings.float()
-                positive = cached["positive"] if cached is not None else self.positive_tables(emb)
+                positive = self.positive_tables(emb)
                 negative, groups = None, None
-                if self.negative:  # only the classes in this batch
+                if self.negative:
                     classes, groups = torch.unique(labels, return_inverse=True)
                     negative = self.negative_features(emb, classes)
                 index = self._fusion_index(tokens, groups)

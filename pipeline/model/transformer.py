@@ -23,30 +23,40 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import ModelConfig
+
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    """The architecture: data shape (from the token meta) plus the ``model.*`` params."""
+    """The architecture as saved in ``config.json``: the data shape plus the ``model.*`` params.
+
+    No defaults and no checks of its own: it is built from the validated ``model`` section
+    (:meth:`from_config`) or read back from a saved model.
+    """
 
     codebook_size: int
     num_classes: int
     seq_len: int
-    dim: int = 128
-    depth: int = 4
-    heads: int = 4
-    mlp_ratio: float = 4.0
-    dropout: float = 0.1
-    tie_head: bool = True
+    dim: int
+    depth: int
+    heads: int
+    mlp_ratio: float
+    dropout: float
+    tie_head: bool
 
-    def __post_init__(self) -> None:
-        if self.dim % self.heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+    @classmethod
+    def from_config(
+        cls, model: ModelConfig, codebook_size: int, num_classes: int, seq_len: int
+    ) -> GeneratorSpec:
+        return cls(codebook_size=codebook_size, num_classes=num_classes, seq_len=seq_len, dim=model.dim,
+                   depth=model.depth, heads=model.heads, mlp_ratio=model.mlp_ratio, dropout=model.dropout,
+                   tie_head=model.tie_head)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,18 +128,13 @@ class Head(nn.Module):
         return F.linear(self.norm(F.gelu(self.dense(x))), weight, self.bias)
 
 
-class Injection(Protocol):
-    """What a knowledge adapter returns: the signal to add before block ``layer``, (B, L + 1, dim)."""
-
-    def __call__(self, layer: int) -> torch.Tensor: ...
-
-
 class MaskGIT(nn.Module):
     """Class-conditional masked token transformer; optionally carries a knowledge adapter.
 
     The adapter (``pipeline.model.knowledge.KnowledgeAdapter``) is called once per forward with
-    the tokens, labels and the token-embedding table (its graph node features), and returns a
-    function giving the additive signal for each block. Without an adapter this is plain MaskGIT.
+    the tokens, labels and the token-embedding table (its graph node features), and returns
+    ``inject(layer)``, the additive signal before block ``layer``, (B, L + 1, dim). Without an
+    adapter this is plain MaskGIT.
     """
 
     def __init__(self, spec: GeneratorSpec, adapter: nn.Module | None = None):
@@ -174,13 +179,19 @@ class MaskGIT(nn.Module):
         """The codebook rows of the embedding table (without the mask row): (V, dim)."""
         return self.tok_emb.weight[: self.codebook_size]
 
-    def head_parameters(self) -> list[nn.Parameter]:
-        """The output head's own parameters (trained with a frozen backbone in fine-tuning).
+    @property
+    def injection_points(self) -> int:
+        """How many times an adapter adds its signal: before every block."""
+        return self.spec.depth
 
-        With a tied head this excludes the token embeddings: they are the backbone's input too,
-        and the knowledge adapter's graph node features.
-        """
-        return list(self.head.parameters())
+    def precompute(self) -> None:
+        """Freeze the adapter's inference tables from the current weights (sampling; see knowledge)."""
+        if self.adapter is not None:
+            self.adapter.precompute(self.token_embeddings)
+
+    def release_precomputed(self) -> None:
+        if self.adapter is not None:
+            self.adapter.release_precomputed()
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits."""

@@ -2,7 +2,8 @@
 
 A tokenizer maps images (B, C, H, W) with pixels in [0, 1] to row-major token sequences
 (B, grid_h * grid_w) of ints in [0, codebook_size), and back. ``models/tokenizer/`` holds
-``config.json`` (``kind`` plus the constructor arguments) and ``model.pt`` (a state dict); the
+``config.json`` (``kind`` plus the constructor arguments) and ``model.pt`` (a state dict), read
+back by :func:`pipeline.tokenizer.registry.load_tokenizer`; the
 fingerprint of that pair is recorded in every token shard, so tokens are never decoded by a
 different tokenizer than the one that produced them.
 """
@@ -18,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 
 CONFIG_FILE = "config.json"
@@ -26,15 +26,11 @@ WEIGHTS_FILE = "model.pt"
 
 
 class Tokenizer(nn.Module, ABC):
-    """Base class: subclasses set ``kind`` and implement the four members below."""
+    """Base class: subclasses set ``kind`` (the ``tokenizer.kind`` that builds them, saved in
+    config.json; :data:`pipeline.tokenizer.registry.TOKENIZERS` maps it back to the class) and
+    implement the members below."""
 
     kind: ClassVar[str]
-    registry: ClassVar[dict[str, type[Tokenizer]]] = {}
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "kind" in cls.__dict__:
-            Tokenizer.registry[cls.kind] = cls
 
     @property
     @abstractmethod
@@ -101,26 +97,3 @@ def tokenizer_fingerprint(directory: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()[:16]
-
-
-def load_tokenizer(directory: str | Path, device: str | torch.device = "cpu") -> Tokenizer:
-    """Rebuild a saved tokenizer in eval mode."""
-    directory = Path(directory)
-    config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise PipelineError(f"no tokenizer at {directory} ({CONFIG_FILE} missing): run `dvc repro tokenizer`")
-    config = json.loads(config_path.read_text())
-    kind = config["kind"]
-    _import_implementations()
-    if kind not in Tokenizer.registry:
-        known = sorted(Tokenizer.registry)
-        raise PipelineError(f"{config_path}: unknown tokenizer kind {kind!r}; known: {known}")
-    model = Tokenizer.registry[kind](**config["args"])
-    state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval()
-
-
-def _import_implementations() -> None:
-    # Importing the modules registers their Tokenizer subclasses.
-    from pipeline.tokenizer import vqgan, vqvae  # noqa: F401

@@ -1,4 +1,4 @@
-"""Training and evaluation of the VQ-VAE tokenizer."""
+"""Training and evaluation of the VQ-VAE tokenizer, and the tokenizer stage's work."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
-from pipeline.config import TokenizerConfig
+from pipeline.config import Config, TokenizerConfig
+from pipeline.images import quantize, render_grid
+from pipeline.seeds import seed_everything
 from pipeline.tokenizer.base import Tokenizer
 from pipeline.tokenizer.vqvae import VQVAE
 
@@ -123,3 +126,64 @@ def evaluate_tokenizer(
         grid_w=grid_w,
         codebook_size=tokenizer.codebook_size,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The tokenizer stage's work
+# --------------------------------------------------------------------------------------------
+
+
+def val_batches(cfg: Config, limit: int, batch_size: int = 500) -> Iterator[torch.Tensor]:
+    """The first ``limit`` val images as float batches in [0, 1]."""
+    from pipeline.data import ImageDataset
+
+    dataset = ImageDataset(cfg, "val")
+    indices = range(min(limit, len(dataset)))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+        num_workers=0 if dataset.in_memory else cfg.data.workers,
+    )
+    for images, _, _ in loader:
+        yield images.float() / 255.0
+
+
+def fit_tokenizer(cfg: Config, device: torch.device) -> Tokenizer:
+    """Train the VQ-VAE on the train split (``tokenizer.kind: train``) or import the MaskGIT VQGAN."""
+    from pipeline.data import ImageDataset, load_split_images, num_channels
+
+    seed_everything(cfg.tokenizer.seed)
+    if cfg.tokenizer.kind == "pretrained":
+        from pipeline.tokenizer.vqgan import load_pretrained_vqgan
+
+        return load_pretrained_vqgan(cfg.tokenizer.checkpoint)
+
+    generator = torch.Generator().manual_seed(cfg.tokenizer.seed)
+    model = build_vqvae(cfg.tokenizer, num_channels(cfg), cfg.data.image_size)
+    train = ImageDataset(cfg, "train")
+    if train.in_memory:
+        images, _, _ = load_split_images(cfg, "train")
+        batches = random_batches(images, cfg.tokenizer.batch_size, generator)
+    else:
+        loader = torch.utils.data.DataLoader(
+            train, batch_size=cfg.tokenizer.batch_size, num_workers=cfg.data.workers, drop_last=True,
+            sampler=torch.utils.data.RandomSampler(train, generator=generator),
+        )
+        batches = loader_batches(loader)
+    train_vqvae(model, batches, cfg.tokenizer, generator, device)
+    return model.eval()
+
+
+def reconstruction_grid(cfg: Config, tokenizer: Tokenizer) -> Image.Image:
+    """``tokenizer.num_recon_examples`` val images, rows of originals above their reconstructions."""
+    count = cfg.tokenizer.num_recon_examples
+    originals = next(val_batches(cfg, count, batch_size=count))
+    device = next(tokenizer.parameters()).device
+    with torch.no_grad():
+        recon = tokenizer.decode(tokenizer.encode(originals.to(device))).cpu()
+    columns = min(count, 8)
+    rows = []
+    for start in range(0, len(originals), columns):
+        pair = torch.stack([originals[start : start + columns], recon[start : start + columns]])
+        rows.append(F.pad(pair, (0, 0, 0, 0, 0, 0, 0, columns - pair.shape[1]), value=1.0))  # white fill
+    pixels = quantize(torch.cat(rows)).numpy()
+    return render_grid(pixels)

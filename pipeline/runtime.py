@@ -1,4 +1,8 @@
-"""What every stage entry point shares: validated params, logging, seeding and clear failures.
+"""What every stage entry point shares: validated params, logging and clear failures.
+
+Each file in ``pipeline/stages/`` is a leaf of the same shape: a ``run(cfg[, variant])`` body that
+calls one library function and writes its outputs atomically, and a ``main`` that hands it to
+:func:`stage_main`.
 
 ``run_stage`` loads and validates the *whole* ``params.yaml`` before any work (so a typo in any
 section stops every stage), then runs the stage body. Failures a user can act on (bad params, bad
@@ -15,17 +19,14 @@ failure never leaves a half-written output that DVC could cache.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import logging
 import os
-import random
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
-import numpy as np
-import torch
 
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.errors import PipelineError
@@ -50,12 +51,6 @@ _DISK_MESSAGES = {
 _OPAQUE_WRITE_FAILURES = ("file write failed", "unexpected pos", "iostream error")
 # A file system with less free space than this (or than 1% of its size, if smaller) counts as full.
 _FULL_BELOW_BYTES = 64 << 20
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _probe(directory: Path) -> None:
@@ -171,3 +166,27 @@ def run_stage(
               file=sys.stderr)
         raise SystemExit(1) from None
     log.info("stage %s done in %.1fs", name, time.perf_counter() - start)
+
+
+def stage_main(
+    stage: str,
+    run: Callable[..., None],
+    outputs: Callable[..., Iterable[str | Path]],
+    variants: Sequence[str] | None = None,
+    argv: Sequence[str] | None = None,
+    display: Callable[[str], str] | None = None,
+) -> None:
+    """The ``main`` of a stage: parse the variant (if the stage has variants), then :func:`run_stage`.
+
+    ``run(cfg)`` / ``run(cfg, variant)`` is the stage body; ``outputs()`` / ``outputs(variant)``
+    lists what it writes (probed for writability first). ``display(variant)`` names the stage in
+    messages; by default ``stage@variant``, as ``dvc.yaml`` names a ``foreach`` stage.
+    """
+    if variants is None:
+        run_stage(stage, run, outputs=outputs())
+        return
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{stage}")
+    parser.add_argument("variant", choices=list(variants))
+    variant = parser.parse_args(argv).variant
+    name = display(variant) if display is not None else f"{stage}@{variant}"
+    run_stage(name, lambda cfg: run(cfg, variant), outputs=outputs(variant))

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
 from pipeline.config import SampleConfig
+from pipeline.progress import progress_bar
 from pipeline.schedules import masked_counts
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,7 +138,8 @@ def maskgit_decode(
     device = labels.device
     batch = labels.shape[0]
     tokens = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
-    for step in tqdm(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress):
+    steps = progress_bar(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress)
+    for step in steps:
         logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
         if logits.shape[:2] != (batch, seq_len):
             raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {seq_len}, V)")
@@ -164,25 +165,3 @@ def maskgit_decode(
         if on_step is not None:
             on_step(step, tokens)
     return tokens
-
-
-# --------------------------------------------------------------------------------------------
-# Batching and seeding for the sample stage
-# --------------------------------------------------------------------------------------------
-
-
-def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
-    """``per_class`` copies of each class, class-major: [0]*per_class + [1]*per_class + ..."""
-    return torch.arange(num_classes, dtype=torch.long).repeat_interleave(per_class)
-
-
-def batch_generator(seed: int, batch_index: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """The generator of one batch, derived from (seed, batch index) only.
-
-    Seeding per batch rather than once for the whole run makes a batch's samples independent of
-    which batches ran before it, so work can be split across processes (one per range of batches)
-    with byte-identical results.
-    """
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + batch_index) % (2**63 - 1))
-    return generator

@@ -1,0 +1,85 @@
+"""Where the pipeline's artefacts live and what its variants are called: the one place for both.
+
+Every path is relative to the DVC project root, where ``dvc repro`` runs the stages, and matches
+``dvc.yaml`` (``tests/test_layout.py`` checks the variant names and stage outputs against it).
+
+Generator variants:
+
+* ``base``: MaskGIT trained from scratch (``train_base``);
+* ``control``: base + the adapter, fine-tuned with ``fusion.weight`` forced to 0 (no graph signal);
+* ``kamig``: base + the adapter, fine-tuned with the knowledge graphs.
+
+``real`` is not a generator: ``evaluate_real`` scores real train images (the floor).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+BASE = "base"
+CONTROL = "control"
+KAMIG = "kamig"
+REAL = "real"
+FINETUNE_VARIANTS = (CONTROL, KAMIG)
+GENERATOR_VARIANTS = (BASE, *FINETUNE_VARIANTS)
+
+DATA_DIR = Path("data")
+PREPARED_DIR = DATA_DIR / "prepared"
+MANIFEST_PATH = PREPARED_DIR / "manifest.parquet"
+TOKENS_DIR = DATA_DIR / "tokens"
+GRAPHS_DIR = DATA_DIR / "graphs"
+REFERENCE_DIR = DATA_DIR / "reference"
+SAMPLES_DIR = DATA_DIR / "samples"
+SAMPLES_SPLIT = "samples"  # data/samples/<variant>/samples/part-*.parquet, the token-shard layout
+
+MODELS_DIR = Path("models")
+TOKENIZER_DIR = MODELS_DIR / "tokenizer"
+CLASSIFIER_DIR = MODELS_DIR / "classifier"
+CHECKPOINTS_DIR = Path("checkpoints")
+
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = METRICS_DIR / "plots"
+LIVE_DIR = METRICS_DIR / "live"
+
+
+def model_dir(variant: str) -> Path:
+    return MODELS_DIR / variant
+
+
+def checkpoint_dir(variant: str) -> Path:
+    return CHECKPOINTS_DIR / variant
+
+
+def train_metrics(variant: str) -> Path:
+    return METRICS_DIR / f"train_{variant}.json"
+
+
+def live_dir(variant: str) -> Path:
+    """DVCLive's folder of a training run (curves drawn by the plots in dvc.yaml)."""
+    return LIVE_DIR / f"train_{variant}"
+
+
+def samples_dir(variant: str) -> Path:
+    return SAMPLES_DIR / variant
+
+
+def sample_grid(variant: str) -> Path:
+    return PLOTS_DIR / f"samples_{variant}.png"
+
+
+def sample_metrics(variant: str) -> Path:
+    """Throughput of sampling, kept out of data/samples so the token folder is seed-deterministic."""
+    return METRICS_DIR / f"sample_{variant}.json"
+
+
+def eval_metrics(name: str) -> Path:
+    return METRICS_DIR / f"eval_{name}.json"
+
+
+def stage_metrics(stage: str) -> Path:
+    """The metrics file of a single-output stage (prepare, tokenizer, tokenize, graphs, classifier)."""
+    return METRICS_DIR / f"{stage}.json"
+
+
+def training_outputs(variant: str) -> list[Path]:
+    return [model_dir(variant), checkpoint_dir(variant), train_metrics(variant), live_dir(variant)]

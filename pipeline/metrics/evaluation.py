@@ -1,0 +1,92 @@
+"""The ``evaluate@*`` and ``evaluate_real`` stages' work: score generated (or real) images.
+
+A variant's samples are decoded by the tokenizer and quantised to uint8 like the real images;
+``real`` takes a fixed subset of real train images instead (the floor). Both go through the
+extractors of :mod:`pipeline.metrics.extraction` and are scored against ``data/reference`` into the
+keys of :data:`pipeline.metrics.METRIC_KEYS`, with the same numbers on one process or several.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from pipeline import layout
+from pipeline.config import Config
+from pipeline.errors import PipelineError
+from pipeline.files import read_json
+from pipeline.images import quantize
+from pipeline.metrics import FeatureSet, load_reference, score
+from pipeline.metrics.classifier import DomainClassifier
+from pipeline.metrics.extraction import extract_shared, extractors, real_features
+from pipeline.metrics.inception import InceptionExtractor
+from pipeline.shards import load_split
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+log = logging.getLogger(__name__)
+
+
+def decoded_batches(
+    tokenizer: torch.nn.Module, tokens: np.ndarray, labels: np.ndarray, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Decode token rows to uint8 images batch by batch (never all images in memory at once)."""
+    for first in range(0, len(tokens), batch_size):
+        batch = torch.from_numpy(tokens[first : first + batch_size]).long().to(device)
+        with torch.inference_mode():
+            images = quantize(tokenizer.decode(batch))
+        yield images, torch.from_numpy(labels[first : first + batch_size].astype(np.int64))
+
+
+def _sample_features(cfg: Config, variant: str, classifier: DomainClassifier,
+                     inception: InceptionExtractor | None, state: PartialState) -> FeatureSet | None:
+    from pipeline.tokenizer.base import tokenizer_fingerprint
+    from pipeline.tokenizer.registry import load_tokenizer
+
+    samples_dir = layout.samples_dir(variant)
+    split = load_split(samples_dir / layout.SAMPLES_SPLIT)
+    if tokenizer_fingerprint(layout.TOKENIZER_DIR) != split.meta.tokenizer_fingerprint:
+        raise PipelineError(
+            f"{samples_dir} was sampled with another tokenizer than {layout.TOKENIZER_DIR}: re-run dvc repro"
+        )
+    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device)
+    return extract_shared(
+        lambda items: decoded_batches(tokenizer, split.tokens[items.start : items.stop],
+                                      split.labels[items.start : items.stop], cfg.eval.batch_size,
+                                      state.device),
+        len(split), cfg.eval.batch_size, classifier, inception, state, desc=f"evaluate {variant}",
+    )
+
+
+def evaluate(cfg: Config, name: str, state: PartialState) -> dict[str, Any] | None:
+    """The metrics of a variant's samples (or of real train images, ``real``); None off the main process."""
+    names = [*layout.GENERATOR_VARIANTS, layout.REAL]
+    if name not in names:
+        raise PipelineError(f"unknown evaluation {name!r}; choose one of {names}")
+    # Inputs are checked before the long feature pass; only the main process scores.
+    reference = None
+    if state.is_main_process:
+        reference = load_reference(layout.REFERENCE_DIR, need_inception=cfg.eval.inception)
+    sample_metrics = None
+    if name != layout.REAL:
+        sample_metrics = layout.sample_metrics(name)
+        if not sample_metrics.is_file():
+            raise PipelineError(f"{sample_metrics} not found: run `dvc repro sample@{name}`")
+    classifier, inception = extractors(cfg, state.device)
+    if name == layout.REAL:
+        features = real_features(cfg, classifier, inception, state)
+    else:
+        features = _sample_features(cfg, name, classifier, inception, state)
+    if not state.is_main_process:
+        return None
+    assert features is not None and reference is not None
+    throughput = None if sample_metrics is None else float(read_json(sample_metrics)["images_per_s"])
+    metrics = score(features, reference, cfg.eval.pr_k, state.device, sampling_images_per_s=throughput)
+    log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in metrics.items()))
+    return metrics

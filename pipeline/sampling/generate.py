@@ -1,0 +1,208 @@
+"""The sample stage's work: class-balanced samples of one trained variant, across processes.
+
+``sample.per_class`` samples of every class, class-major (all of class 0, then class 1, ...),
+decoded in batches of ``sample.batch_size``. Batch ``b`` draws from a generator seeded by
+(``seed``, ``b``) (:func:`batch_generator`), so the tokens depend on ``seed``, the ``sample.*``
+params and the model only, and a batch's samples do not depend on which batches ran before it.
+Under several processes (``accelerate launch`` / ``torchrun``, :mod:`pipeline.launch`) each one
+decodes a contiguous block of batches and the main process gathers the blocks in order, so the
+samples are byte-identical to a single-process run; the throughput is then the total count over
+the slowest process's time.
+
+Outputs (written by the stage through :func:`write_samples`, :func:`sample_grid` and
+:func:`throughput`): ``data/samples/<variant>/`` in the token-shard schema (``meta.json`` +
+``samples/part-*.parquet``, ``image_id`` = sample index, ``label`` = the requested class), the PNG
+grid and the throughput json.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline import layout
+from pipeline.config import Config, SampleConfig
+from pipeline.errors import DataSourceError, PipelineError
+from pipeline.files import atomic_dir
+from pipeline.images import grid_classes, grid_selection, quantize, render_grid
+from pipeline.progress import progress_bar
+from pipeline.sampling.decode import decode_plan, maskgit_decode
+from pipeline.shards import ShardWriter, TokenMeta, write_meta
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
+
+log = logging.getLogger(__name__)
+
+SHARD_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class Samples:
+    labels: np.ndarray  # (N,) int64, the requested classes
+    tokens: np.ndarray  # (N, L) int32
+    seconds: float  # wall time of token generation only (the slowest process's)
+    processes: int = 1
+
+    @property
+    def images_per_s(self) -> float:
+        return len(self.labels) / self.seconds if self.seconds > 0 else float("inf")
+
+
+def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
+    """``per_class`` copies of each class, class-major: [0]*per_class + [1]*per_class + ..."""
+    return torch.arange(num_classes, dtype=torch.long).repeat_interleave(per_class)
+
+
+def batch_generator(seed: int, batch_index: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """The generator of one batch, derived from (seed, batch index) only."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + batch_index) % (2**63 - 1))
+    return generator
+
+
+def generate_samples(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    num_classes: int,
+    seq_len: int,
+    mask_id: int,
+    null_class: int,
+    sample_cfg: SampleConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    batches: range | None = None,
+    desc: str = "sampling",
+) -> Samples:
+    """``sample_cfg.per_class`` samples per class, decoded in batches of ``sample_cfg.batch_size``.
+
+    ``batches`` (default: all) restricts the work to those batch indices, one process's share;
+    the result then holds just their rows, in order.
+    """
+    device = torch.device(device)
+    plan = decode_plan(sample_cfg, seq_len)
+    labels = class_balanced_labels(num_classes, sample_cfg.per_class)
+    size = sample_cfg.batch_size
+    if batches is None:
+        batches = range(-(-len(labels) // size))
+    mine = labels[batches.start * size : batches.stop * size]
+    outputs = [torch.zeros((0, seq_len), dtype=torch.long)]
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    with progress_bar(total=len(mine), desc=desc, unit="img") as progress:
+        for index in batches:
+            batch = labels[index * size : (index + 1) * size].to(device)
+            tokens = maskgit_decode(
+                logits_fn, batch, seq_len=seq_len, mask_id=mask_id, null_class=null_class, plan=plan,
+                generator=batch_generator(seed, index, device),
+            )
+            outputs.append(tokens.cpu())
+            progress.update(len(batch))
+    synchronize()
+    return Samples(labels=mine.numpy(), tokens=torch.cat(outputs).numpy().astype(np.int32),
+                   seconds=time.perf_counter() - start)
+
+
+def merge_samples(parts: Sequence[Samples]) -> Samples:
+    """Concatenate processes' shares in order; they ran in parallel, so the time is the longest."""
+    return Samples(
+        labels=np.concatenate([p.labels for p in parts]),
+        tokens=np.concatenate([p.tokens for p in parts]),
+        seconds=max(p.seconds for p in parts),
+        processes=len(parts),
+    )
+
+
+def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialState) -> Samples | None:
+    """This process's batches of ``variant``'s samples; the main process returns all of them in
+    order, the others None."""
+    from pipeline.launch import batch_share, gather_parts
+    from pipeline.model import load_generator
+    from pipeline.tokenizer.base import tokenizer_fingerprint
+
+    if variant not in layout.GENERATOR_VARIANTS:
+        raise PipelineError(f"unknown variant {variant!r}; choose one of {list(layout.GENERATOR_VARIANTS)}")
+    device = state.device
+    model = load_generator(layout.model_dir(variant), device, expected_meta=meta)
+    model.precompute()
+    if tokenizer_fingerprint(layout.TOKENIZER_DIR) != meta.tokenizer_fingerprint:
+        raise PipelineError(
+            f"{layout.TOKENIZER_DIR} is not the tokenizer that produced {layout.TOKENS_DIR}: re-run dvc repro"
+        )
+
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model(tokens, labels)
+
+    batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
+    part = generate_samples(
+        logits_fn, num_classes=meta.num_classes, seq_len=meta.seq_len, mask_id=model.mask_id,
+        null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.seed, device=device,
+        batches=batches,
+        desc="sampling" if state.num_processes == 1 else f"sampling [{state.process_index}]",
+    )
+    parts = gather_parts(part, state)
+    return merge_samples(parts) if state.is_main_process else None
+
+
+def write_samples(directory: str | Path, meta: TokenMeta, samples: Samples) -> None:
+    """Atomically write the samples directory (meta.json + samples/part-*.parquet)."""
+    with atomic_dir(directory) as tmp:
+        write_meta(tmp, meta)
+        with ShardWriter(tmp / layout.SAMPLES_SPLIT, meta, SHARD_SIZE) as writer:
+            writer.add(np.arange(len(samples.labels), dtype=np.int64), samples.labels, samples.tokens)
+
+
+def sample_grid(
+    sample_cfg: SampleConfig, meta: TokenMeta, samples: Samples, device: torch.device
+) -> Image.Image:
+    """Decoded samples, one row per class (at most ``sample.grid_classes`` rows, evenly spaced
+    class ids), ``sample.grid_columns`` columns, each row named by its class."""
+    from pipeline.tokenizer.registry import load_tokenizer
+
+    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, device)
+    classes = grid_classes(meta.num_classes, sample_cfg.grid_classes)
+    columns = min(sample_cfg.grid_columns, sample_cfg.per_class)
+    chosen = grid_selection(samples.labels, classes, columns)
+    with torch.inference_mode():
+        decoded = tokenizer.decode(torch.from_numpy(samples.tokens[chosen]).long().to(device))
+    pixels = quantize(decoded).cpu().numpy()
+    names = class_names_or_ids(meta.num_classes)
+    return render_grid(pixels.reshape(len(classes), columns, *pixels.shape[1:]), [names[c] for c in classes])
+
+
+def class_names_or_ids(num_classes: int) -> list[str]:
+    from pipeline.data import read_class_names
+
+    try:
+        names = read_class_names()
+    except DataSourceError as exc:
+        log.warning("no class names (%s); labelling grid rows by class id", exc)
+        return [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        log.warning("%d class names for %d classes; labelling grid rows by class id", len(names), num_classes)
+        return [str(i) for i in range(num_classes)]
+    return [f"{i} {name}" for i, name in enumerate(names)]
+
+
+def throughput(sample_cfg: SampleConfig, samples: Samples, device: torch.device) -> dict[str, Any]:
+    """``metrics/sample_<variant>.json``: read by ``evaluate@<variant>`` for ``sampling_images_per_s``."""
+    log.info("%d samples in %.1f s (%.1f images/s, %d process(es))", len(samples.labels), samples.seconds,
+             samples.images_per_s, samples.processes)
+    return {
+        "images_per_s": samples.images_per_s,
+        "seconds": samples.seconds,
+        "n_samples": len(samples.labels),
+        "steps": sample_cfg.steps,
+        "device": device.type,
+        "processes": samples.processes,
+    }

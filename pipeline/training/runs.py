@@ -1,0 +1,150 @@
+"""The two training runs of the DAG, from params to a trained model: ``train_base`` and ``finetune``.
+
+* :func:`train_base`: MaskGIT from scratch on ``data/tokens`` with the ``train.*`` recipe. It reads
+  ``seed``, ``model.*`` and ``train.*`` only, never ``fusion.*`` or ``kamig.*``, so fine-tuning
+  experiments never retrain the baseline.
+* :func:`finetune`: the base model's EMA weights plus the knowledge adapter over ``data/graphs``,
+  with the ``train.*`` recipe overridden by ``kamig.steps``, ``kamig.lr`` and
+  ``kamig.warmup_steps``. ``control`` and ``kamig`` train the same parameters on the same data
+  order; ``control`` forces ``fusion.weight = 0``, so it gets the extra training without any graph
+  signal. ``kamig.freeze_backbone: true`` (the paper) trains the adapter and the output head's own
+  layers; ``false`` trains everything.
+
+Both resume from ``checkpoints/<variant>/`` when it holds a checkpoint of the same run definition
+(its fingerprint: the recipe, the architecture and digests of every input), so ``dvc repro``
+after an interruption ends with the same weights as an uninterrupted run. :func:`save_result`
+writes ``models/<variant>/`` and ``metrics/train_<variant>.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline import layout
+from pipeline.config import Config, TrainConfig
+from pipeline.errors import PipelineError
+from pipeline.files import write_json
+from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs
+from pipeline.model import (
+    GeneratorSpec,
+    KnowledgeGraphs,
+    MaskGIT,
+    build_generator,
+    load_generator,
+    save_generator,
+)
+from pipeline.model.io import WEIGHTS_FILE
+from pipeline.seeds import derive_seed
+from pipeline.shards import TokenMeta, TokenSplit, list_shards, load_split, read_meta
+from pipeline.training.checkpoints import file_digest
+from pipeline.training.loop import TrainResult, TrainRun, train_generator
+
+log = logging.getLogger(__name__)
+
+BASE_STREAM = "base"
+FINETUNE_STREAM = "finetune"  # control and kamig share it: the same data order and masks
+
+
+@dataclass(frozen=True)
+class TokenData:
+    meta: TokenMeta
+    train: TokenSplit
+    val: TokenSplit
+
+
+def load_token_splits(val_images: int, tokens_dir: Path = layout.TOKENS_DIR) -> TokenData:
+    """The token meta, the whole train split, and the first ``val_images`` val images."""
+    return TokenData(read_meta(tokens_dir), load_split(tokens_dir / "train"),
+                     load_split(tokens_dir / "val", limit=val_images))
+
+
+def finetune_recipe(cfg: Config) -> TrainConfig:
+    """``train.*`` with the fine-tuning schedule of ``kamig.*``."""
+    return dataclasses.replace(cfg.train, steps=cfg.kamig.steps, lr=cfg.kamig.lr,
+                               warmup_steps=cfg.kamig.warmup_steps)
+
+
+def resume_key(recipe: TrainConfig, seed: int, stream: str) -> dict[str, Any]:
+    """What a checkpoint depends on: not checkpoint_every or val_images, which change no weight."""
+    key = {"seed": seed, "stream": stream, **asdict(recipe)}
+    del key["checkpoint_every"], key["val_images"]
+    return key
+
+
+def _split_digest(split_dir: Path) -> list[tuple[str, str]]:
+    return [(path.name, file_digest(path)) for path in list_shards(split_dir)]
+
+
+def train_base(cfg: Config) -> TrainResult:
+    data = load_token_splits(cfg.train.val_images)
+    meta = data.meta
+    spec = GeneratorSpec.from_config(cfg.model, meta.codebook_size, meta.num_classes, meta.seq_len)
+    torch.manual_seed(derive_seed(cfg.seed, "init", layout.BASE))
+    model = MaskGIT(spec)
+    run = TrainRun(
+        recipe=cfg.train, seed=cfg.seed, stream=BASE_STREAM,
+        checkpoint_dir=layout.checkpoint_dir(layout.BASE), live_dir=layout.live_dir(layout.BASE),
+        desc=layout.BASE,
+        fingerprint={
+            "stage": "train_base",
+            "settings": resume_key(cfg.train, cfg.seed, BASE_STREAM),
+            "architecture": spec.to_dict(),
+            "tokens": asdict(meta),
+            "train_shards": _split_digest(layout.TOKENS_DIR / "train"),
+        },
+    )
+    return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
+
+
+def finetune(cfg: Config, variant: str) -> TrainResult:
+    if variant not in layout.FINETUNE_VARIANTS:
+        raise PipelineError(f"unknown fine-tuning variant {variant!r}; "
+                            f"choose one of {list(layout.FINETUNE_VARIANTS)}")
+    fusion = dataclasses.replace(cfg.fusion, weight=0.0) if variant == layout.CONTROL else cfg.fusion
+    data = load_token_splits(cfg.train.val_images)
+    meta = data.meta
+    base_dir = layout.model_dir(layout.BASE)
+    base = load_generator(base_dir, expected_meta=meta)
+    graphs = load_knowledge_graphs(layout.GRAPHS_DIR, codebook_size=meta.codebook_size,
+                                   num_classes=meta.num_classes, seq_len=meta.seq_len, graphs=fusion.graphs,
+                                   min_count=fusion.min_count)
+    model = build_generator(base.spec, fusion, KnowledgeGraphs.from_data(graphs))
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("adapter.") for name in missing):
+        raise PipelineError(f"{base_dir} does not fit the fine-tuning model: {missing} {unexpected}")
+
+    names = [name for name, _ in model.named_parameters()]
+    if cfg.kamig.freeze_backbone:  # the paper: the adapter and the output head's own layers
+        trainable = [n for n in names if n.startswith(("adapter.", "head."))]
+    else:
+        trainable = names
+    recipe = finetune_recipe(cfg)
+    run = TrainRun(
+        recipe=recipe, seed=cfg.seed, stream=FINETUNE_STREAM, trainable=tuple(trainable),
+        checkpoint_dir=layout.checkpoint_dir(variant), live_dir=layout.live_dir(variant), desc=variant,
+        fingerprint={
+            "stage": f"finetune@{variant}",
+            "settings": resume_key(recipe, cfg.seed, FINETUNE_STREAM),
+            "adapter": asdict(fusion),
+            "trainable": trainable,
+            "tokens": asdict(meta),
+            "train_shards": _split_digest(layout.TOKENS_DIR / "train"),
+            "base_weights": file_digest(base_dir / WEIGHTS_FILE),
+            "graphs": {g: file_digest(layout.GRAPHS_DIR / GRAPH_FILES[g]) for g in fusion.graphs},
+        },
+    )
+    return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
+
+
+def save_result(result: TrainResult, variant: str) -> None:
+    """Write ``models/<variant>/`` (EMA weights + config.json) and ``metrics/train_<variant>.json``."""
+    assert result.token_meta is not None
+    save_generator(result.model, layout.model_dir(variant), variant=variant, token_meta=result.token_meta)
+    write_json(layout.train_metrics(variant), result.metrics)
+    log.info("%s: %s", variant, ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
