@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from benchmarks.model import IMAGENET, make_models, make_train_step  # noqa: E402
 from pipeline.config import SampleConfig  # noqa: E402
+from pipeline.config import replace as replace_config  # noqa: E402
 from pipeline.stages.sample import generate_samples  # noqa: E402
 from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
 
@@ -97,8 +98,8 @@ def check_sampling(device: torch.device, shape, samples: int, batch: int) -> Non
             return kamig(tokens, labels)
 
     per_class = max(1, samples // shape.num_classes)
-    cfg = dataclasses.replace(SampleConfig(), steps=8, per_class=per_class, batch_size=batch, cfg=2.0,
-                              cfg_schedule="linear")
+    cfg = replace_config(SampleConfig(), steps=8, per_class=per_class, batch_size=batch, cfg=2.0,
+                         cfg_schedule="linear")
     generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len, mask_id=kamig.mask_id,
                      null_class=kamig.null_class, sample_cfg=cfg, seed=0, device=device, batches=range(1))
     result = generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len,

@@ -32,6 +32,7 @@ import torch
 
 from benchmarks.model import FASHION, IMAGENET, make_models, time_interleaved
 from pipeline.config import SampleConfig
+from pipeline.config import replace as replace_config
 from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier, quantize
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats
 from pipeline.metrics.precision_recall import precision_recall
@@ -95,7 +96,7 @@ def main() -> None:
           f"L={seq_len} V={base.codebook_size} classes={base.num_classes}; "
           f"batch {args.batch}, cfg {args.cfg}")
     labels = (torch.arange(args.batch) % base.num_classes).to(device)
-    parallel = decode_plan(dataclasses.replace(SampleConfig(), steps=args.steps, cfg=args.cfg), seq_len)
+    parallel = decode_plan(replace_config(SampleConfig(), steps=args.steps, cfg=args.cfg), seq_len)
     sequential = one_token_per_step(seq_len, args.cfg)
 
     # ---- 1. parallel decoding speedup ---------------------------------------------------------

@@ -6,8 +6,14 @@ typo such as ``fusion.wieght`` would otherwise be ignored silently. Every stage 
 out-of-range value raises :class:`ConfigError` with the dotted key, the allowed values and, for
 typos, the closest valid key.
 
-The schema is a tree of frozen dataclasses. Field constraints live in ``metadata``:
-``ge``/``gt``/``le``/``lt`` bound numbers, ``Literal`` types list the allowed strings.
+The schema is a tree of frozen, strict pydantic models: ``Field(ge=/gt=/le=/lt=)`` bounds numbers,
+``Literal`` types list the allowed values. Strict means a YAML value is never reinterpreted: an
+integer is accepted for a float field (and stored as a float), but a bool is never a number, a
+string never a number, a number never a string, and ``Literal`` values must match exactly (1 is not
+``"1"`` nor ``true``). Pydantic's errors are translated into this module's messages by
+:func:`_message`. Constructing a section directly (``SampleConfig(steps=4)``) validates too (a bad
+value raises pydantic's ``ValidationError``); :func:`replace` copies a section with changes and
+raises :class:`ConfigError`.
 
 Presets (``configs/*.yaml``) are partial overlays merged onto ``params.yaml`` by
 ``python -m pipeline.config apply PRESET``.
@@ -16,18 +22,26 @@ Presets (``configs/*.yaml``) are partial overlays merged onto ``params.yaml`` by
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import difflib
 import itertools
 import sys
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar, Union
 
 import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -36,8 +50,20 @@ class ConfigError(ValueError):
     """A problem with ``params.yaml``: the message names the key and what is allowed."""
 
 
-def _bounded(default: Any, **bounds: float) -> Any:
-    return field(default=default, metadata=bounds)
+class _Section(BaseModel):
+    """A section of the config: unknown keys refused, values immutable, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any, info: ValidationInfo) -> Any:
+        assert info.field_name is not None
+        return _prepare(cls.model_fields[info.field_name].annotation, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts, lists and scalars (tuples become lists), in schema order."""
+        return _plain(self.model_dump())
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,8 +71,7 @@ def _bounded(default: Any, **bounds: float) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     # Which image source feeds the pipeline.
     source: Literal["fashion-mnist", "imagefolder", "synthetic"] = "fashion-mnist"
     # fashion-mnist: the folder holding the four IDX .gz files (Debian's dataset-fashion-mnist).
@@ -54,127 +79,119 @@ class DataConfig:
     # imagefolder: train images as root/<class>/<image>; val likewise, or held out from root.
     root: str | None = None
     val_root: str | None = None
-    val_fraction: float = _bounded(0.02, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.02, gt=0.0, lt=1.0)
     # Side of the square images the tokenizer sees (fashion-mnist is natively 28).
-    image_size: int = _bounded(28, ge=8)
+    image_size: int = Field(28, ge=8)
     # imagefolder: fail when more than this fraction of files cannot be used.
-    max_bad_fraction: float = _bounded(0.01, ge=0.0, le=1.0)
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     # Deterministic caps on the split sizes (null: everything). Synthetic data needs them set.
-    max_train: int | None = _bounded(None, ge=1)
-    max_val: int | None = _bounded(None, ge=1)
+    max_train: int | None = Field(None, ge=1)
+    max_val: int | None = Field(None, ge=1)
     # synthetic: number of classes and image channels.
-    synthetic_classes: int = _bounded(10, ge=2)
+    synthetic_classes: int = Field(10, ge=2)
     synthetic_channels: Literal[1, 3] = 1
     # Optional file mapping class folder names (e.g. WordNet ids) to readable names.
     class_names: str | None = None
     # Worker processes for decoding images (imagefolder).
-    workers: int = _bounded(2, ge=0)
+    workers: int = Field(2, ge=0)
 
 
-@dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(_Section):
     # train: fit a VQ-VAE on the train split; pretrained: load the MaskGIT VQGAN checkpoint.
     kind: Literal["train", "pretrained"] = "train"
     checkpoint: str | None = None
-    codebook_size: int = _bounded(512, ge=2)
-    code_dim: int = _bounded(32, ge=1)
-    hidden: int = _bounded(64, ge=8)
+    codebook_size: int = Field(512, ge=2)
+    code_dim: int = Field(32, ge=1)
+    hidden: int = Field(64, ge=8)
     # Number of stride-2 stages: the token grid is image_size / 2**downsamples.
-    downsamples: int = _bounded(2, ge=1, le=6)
-    res_blocks: int = _bounded(1, ge=0)
-    commitment: float = _bounded(0.25, ge=0.0)
-    ema_decay: float = _bounded(0.99, gt=0.0, lt=1.0)
+    downsamples: int = Field(2, ge=1, le=6)
+    res_blocks: int = Field(1, ge=0)
+    commitment: float = Field(0.25, ge=0.0)
+    ema_decay: float = Field(0.99, gt=0.0, lt=1.0)
     # A code whose EMA usage falls below this many assignments per batch is restarted.
-    dead_threshold: float = _bounded(1.0, ge=0.0)
-    steps: int = _bounded(600, ge=1)
-    batch_size: int = _bounded(128, ge=1)
-    lr: float = _bounded(2e-3, gt=0.0)
+    dead_threshold: float = Field(1.0, ge=0.0)
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(2e-3, gt=0.0)
     # The tokenizer has its own seed: changing the top-level `seed` (generative model) must not
     # re-train it and re-tokenise the data.
-    seed: int = _bounded(0, ge=0)
+    seed: int = Field(0, ge=0)
     # Val images scored for recon_mse / psnr / codebook usage.
-    eval_images: int = _bounded(10000, ge=1)
-    num_recon_examples: int = _bounded(16, ge=1)
+    eval_images: int = Field(10000, ge=1)
+    num_recon_examples: int = Field(16, ge=1)
 
 
-@dataclass(frozen=True)
-class TokenizeConfig:
-    shard_size: int = _bounded(10000, ge=1)
-    batch_size: int = _bounded(500, ge=1)
+class TokenizeConfig(_Section):
+    shard_size: int = Field(10000, ge=1)
+    batch_size: int = Field(500, ge=1)
     # Also tokenise each horizontally flipped train image (AutoNAT / KA-MIG on ImageNet).
     flip_augment: bool = False
 
 
-@dataclass(frozen=True)
-class CooccurrenceConfig:
+class CooccurrenceConfig(_Section):
     neighbourhood: Literal[4, 8] = 8
-    top_ratio: float = _bounded(0.05, gt=0.0, le=1.0)
+    top_ratio: float = Field(0.05, gt=0.0, le=1.0)
 
 
-@dataclass(frozen=True)
-class SimilarityConfig:
-    k: int = _bounded(2, ge=1)
-    candidates: int = _bounded(32, ge=1)
-    alpha: float = _bounded(5.0, gt=0.0)
+class SimilarityConfig(_Section):
+    k: int = Field(2, ge=1)
+    candidates: int = Field(32, ge=1)
+    alpha: float = Field(5.0, gt=0.0)
     # flat is exact; ivf / hnsw are approximate options for vocabularies of 16k and more.
     index: Literal["flat", "ivf", "hnsw"] = "flat"
 
 
-@dataclass(frozen=True)
-class GraphsConfig:
-    max_images: int | None = _bounded(None, ge=1)
+class GraphsConfig(_Section):
+    max_images: int | None = Field(None, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
-    num_examples: int = _bounded(6, ge=0)
+    num_examples: int = Field(6, ge=0)
     # Bound on the (label, position, token) groups polars aggregates per pass over the shards
     # (about 65 bytes each); more possible groups split the labels into several passes. Memory
     # only: the output bytes do not depend on it.
-    positions_groups_per_pass: int = _bounded(16777216, ge=1)
-    cooccurrence: CooccurrenceConfig = field(default_factory=CooccurrenceConfig)
-    similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
+    positions_groups_per_pass: int = Field(16777216, ge=1)
+    cooccurrence: CooccurrenceConfig = Field(default_factory=CooccurrenceConfig)
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    dim: int = _bounded(128, ge=8)
-    depth: int = _bounded(4, ge=1)
-    heads: int = _bounded(4, ge=1)
-    mlp_ratio: float = _bounded(4.0, gt=0.0)
+class ModelConfig(_Section):
+    dim: int = Field(128, ge=8)
+    depth: int = Field(4, ge=1)
+    heads: int = Field(4, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0.0)
     # 0 by default: on the small CPU preset dropout costs ~25% step time and the model underfits.
-    dropout: float = _bounded(0.0, ge=0.0, lt=1.0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     # Output head tied to the token embeddings (MaskGIT/BERT style).
     tie_head: bool = True
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = _bounded(2500, ge=1)
+class TrainConfig(_Section):
+    steps: int = Field(2500, ge=1)
     # The global batch (split over processes and grad_accum steps).
-    batch_size: int = _bounded(64, ge=1)
-    grad_accum: int = _bounded(1, ge=1)
-    lr: float = _bounded(1e-3, gt=0.0)
-    weight_decay: float = _bounded(0.05, ge=0.0)
-    warmup_steps: int = _bounded(100, ge=0)
+    batch_size: int = Field(64, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_steps: int = Field(100, ge=0)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    grad_clip: float = _bounded(1.0, gt=0.0)
+    grad_clip: float = Field(1.0, gt=0.0)
     mask_schedule: Literal["cosine", "beta"] = "cosine"
     mask_beta: tuple[float, float] = (12.0, 3.0)
-    label_smoothing: float = _bounded(0.1, ge=0.0, lt=1.0)
-    p_uncond: float = _bounded(0.1, ge=0.0, le=1.0)
-    ema_decay: float = _bounded(0.999, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    p_uncond: float = Field(0.1, ge=0.0, le=1.0)
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     # auto: bf16 on CUDA GPUs that support it, no mixed precision on CPU.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    checkpoint_every: int = _bounded(250, ge=1)
-    log_every: int = _bounded(25, ge=1)
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
     # Validation of the final EMA weights on at most this many val images.
-    val_images: int = _bounded(2000, ge=1)
+    val_images: int = Field(2000, ge=1)
 
 
-@dataclass(frozen=True)
-class KamigConfig:
+class KamigConfig(_Section):
     # Fine-tuning steps of finetune@control and finetune@kamig (the paper uses 1500).
-    steps: int = _bounded(500, ge=1)
-    lr: float = _bounded(1e-3, gt=0.0)
-    warmup_steps: int = _bounded(30, ge=0)
+    steps: int = Field(500, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(30, ge=0)
     # true (paper): train the adapter and the output head; false: train everything.
     freeze_backbone: bool = True
 
@@ -182,86 +199,96 @@ class KamigConfig:
 GraphName = Literal["cooccurrence", "similarity", "incompatibility"]
 
 
-@dataclass(frozen=True)
-class FusionConfig:
-    weight: float = _bounded(1.0, ge=0.0)
+class FusionConfig(_Section):
+    weight: float = Field(1.0, ge=0.0)
     graphs: tuple[GraphName, ...] = ("cooccurrence", "similarity", "incompatibility")
     # all: the negative term at every position (official code); masked: masked positions only (paper).
     negative_at: Literal["all", "masked"] = "all"
-    gcn_layers: int = _bounded(3, ge=1)
+    gcn_layers: int = Field(3, ge=1)
     # A (class, position, token) seen fewer times than this in the train tokens is incompatible;
     # 1 is the paper's "never observed". The graphs stage stores raw counts, so changing this
     # re-runs only the fine-tunes.
-    min_count: int = _bounded(1, ge=1)
+    min_count: int = Field(1, ge=1)
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    steps: int = _bounded(8, ge=1)
+class SampleConfig(_Section):
+    steps: int = Field(8, ge=1)
     schedule: Literal["cosine", "arccos", "linear"] = "cosine"
-    per_class: int = _bounded(100, ge=1)
-    batch_size: int = _bounded(500, ge=1)
-    temperature: float = _bounded(1.0, gt=0.0)
-    choice_temperature: float = _bounded(4.5, ge=0.0)
-    cfg: float = _bounded(1.0, ge=0.0)
+    per_class: int = Field(100, ge=1)
+    batch_size: int = Field(500, ge=1)
+    temperature: float = Field(1.0, gt=0.0)
+    choice_temperature: float = Field(4.5, ge=0.0)
+    cfg: float = Field(1.0, ge=0.0)
     cfg_schedule: Literal["constant", "linear"] = "constant"
     # Optional per-step arrays (AutoNAT style) replacing the schedule: keys mask_ratio,
     # temperature, choice_temperature, cfg, each a list of `steps` numbers.
     strategy: dict[str, list[float]] | None = None
     # Columns of the PNG grid (one row per class).
-    grid_columns: int = _bounded(10, ge=1)
+    grid_columns: int = Field(10, ge=1)
     # At most this many class rows in the grid (evenly spaced class ids; ImageNet has 1000).
-    grid_classes: int = _bounded(10, ge=1)
+    grid_classes: int = Field(10, ge=1)
 
 
-@dataclass(frozen=True)
-class ClassifierConfig:
+class ClassifierConfig(_Section):
     # 1500 x 128 (3.2 epochs of Fashion-MNIST) at lr 4e-3 one-cycle: ~92% val accuracy.
-    steps: int = _bounded(1500, ge=1)
-    batch_size: int = _bounded(128, ge=1)
-    lr: float = _bounded(4e-3, gt=0.0)
-    feature_dim: int = _bounded(128, ge=2)
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(4e-3, gt=0.0)
+    feature_dim: int = Field(128, ge=2)
     # Channels of the first conv block (doubled per stride-2 block).
-    width: int = _bounded(32, ge=4)
+    width: int = Field(32, ge=4)
     # Its own seed, not the top-level one: experiments that change `seed` never retrain it.
-    seed: int = _bounded(0, ge=0)
+    seed: int = Field(0, ge=0)
 
 
-@dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(_Section):
     # Standard InceptionV3 FID / IS (a few images/s on a 2-core CPU: off there by default).
     inception: bool = False
-    batch_size: int = _bounded(250, ge=1)
-    pr_k: int = _bounded(3, ge=1)
+    batch_size: int = Field(250, ge=1)
+    pr_k: int = Field(3, ge=1)
     # Real train images scored by evaluate_real (the floor); null: as many as one variant samples.
-    real_samples: int | None = _bounded(None, ge=1)
+    real_samples: int | None = Field(None, ge=1)
     # Reference statistics: the real split, or an ADM / pytorch-fid npz (mu, sigma) for Inception.
     reference_split: Literal["val", "train"] = "val"
     reference_npz: str | None = None
     # At most this many reference images (a deterministic subset; null: the whole split).
-    reference_max: int | None = _bounded(None, ge=1)
+    reference_max: int | None = Field(None, ge=1)
     # Resize to 299 for Inception: tensorflow (the TF graph's bilinear, matches ADM's reference
     # batches) or clean (clean-fid's antialiased bicubic).
     inception_resize: Literal["tensorflow", "clean"] = "tensorflow"
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int = _bounded(0, ge=0)
-    data: DataConfig = field(default_factory=DataConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    tokenize: TokenizeConfig = field(default_factory=TokenizeConfig)
-    graphs: GraphsConfig = field(default_factory=GraphsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    kamig: KamigConfig = field(default_factory=KamigConfig)
-    fusion: FusionConfig = field(default_factory=FusionConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+class Config(_Section):
+    seed: int = Field(0, ge=0)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    graphs: GraphsConfig = Field(default_factory=GraphsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    kamig: KamigConfig = Field(default_factory=KamigConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        _check_consistency(self)  # runs only once every field is valid
+        return self
+
+
+_S = TypeVar("_S", bound=_Section)
+
+
+def replace(cfg: _S, /, **changes: Any) -> _S:
+    """``dataclasses.replace`` for configs: a copy of ``cfg`` with ``changes``, validated again."""
+    cls = type(cfg)
+    values = {**{name: getattr(cfg, name) for name in cls.model_fields}, **changes}
+    try:
+        return cls.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"{cls.__name__}: {_message(exc, cls, values)}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,6 +344,183 @@ def _check_consistency(cfg: Config) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# YAML input and error messages: a thin layer over pydantic
+# --------------------------------------------------------------------------------------------
+
+
+def _prepare(tp: Any, value: Any) -> Any:
+    """Adapt a YAML value to a field's type before strict validation: lists become tuples for tuple
+    fields, an empty section (null) takes its defaults, mapping keys become strings, and a Literal
+    value must have the type of the allowed values (pydantic would take true or 1.0 for 1)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        tp = _optional_inner(tp)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is None and isinstance(tp, type) and issubclass(tp, BaseModel):
+        return {} if value is None else value
+    if origin is Literal and type(value) not in {type(a) for a in args}:
+        raise PydanticCustomError("literal_error", "Input should be one of {expected}", {"expected": args})
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if origin is list and isinstance(value, tuple):
+        return list(value)
+    if origin is dict and isinstance(value, Mapping):
+        return {str(k): _prepare(args[1], v) for k, v in value.items()}
+    return value
+
+
+def _optional_inner(tp: Any) -> Any:
+    options = [a for a in typing.get_args(tp) if a is not type(None)]
+    if len(options) != 1:
+        raise TypeError(f"unsupported config type {tp!r}")  # a schema bug: only `X | None` is used
+    return options[0]
+
+
+def _unwrap(tp: Any) -> Any:
+    return _optional_inner(tp) if typing.get_origin(tp) in (Union, types.UnionType) else tp
+
+
+def _is_section(tp: Any) -> bool:
+    return typing.get_origin(tp) is None and isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _item_type(tp: Any, part: Any) -> Any:
+    """The declared type one step below ``tp`` (a tuple/list index or a dict key)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is dict:
+        return args[1]
+    if typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+        return args[part] if isinstance(part, int) and part < len(args) else args[0]
+    return args[0]
+
+
+def _order(model: type[BaseModel], loc: tuple[Any, ...]) -> list[int]:
+    """Sort key reproducing the order keys are checked in: a section's unknown keys first, then
+    its fields in schema order, depth first."""
+    rank: list[int] = []
+    tp: Any = model
+    for part in loc:
+        tp = _unwrap(tp)
+        if _is_section(tp):
+            if part not in tp.model_fields:
+                rank.append(0)
+                break
+            rank.append(list(tp.model_fields).index(part) + 1)
+            tp = tp.model_fields[part].annotation
+        else:
+            rank.append(part if isinstance(part, int) else 0)
+            tp = _item_type(tp, part)
+    return rank
+
+
+_MISSING = object()
+
+
+def _child(value: Any, part: Any) -> Any:
+    if isinstance(value, Mapping):
+        return value.get(part, _MISSING)
+    if isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
+        return value[part]
+    if isinstance(value, BaseModel):
+        return getattr(value, str(part), _MISSING)
+    return _MISSING
+
+
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _bounds(field: Any) -> dict[str, float]:
+    """A field's ``Field(gt=, ge=, lt=, le=)`` bounds, lower bound first."""
+    found = {}
+    for meta in field.metadata:  # pydantic keeps each bound as an annotated_types Gt/Ge/Lt/Le
+        for name in _BOUND_TEXT:
+            if getattr(meta, name, None) is not None:
+                found[name] = getattr(meta, name)
+    return {name: found[name] for name in _BOUND_TEXT if name in found}
+
+
+def _bounds_text(bounds: Mapping[str, float]) -> str:
+    return "".join(f"{' and' if i else ''} {_BOUND_TEXT[k]} {v}" for i, (k, v) in enumerate(bounds.items()))
+
+
+def _name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _expected(tp: Any, bounds: Mapping[str, float]) -> str:
+    tp = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if _is_section(tp):
+        return "a mapping of keys"
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer" + _bounds_text(bounds)
+    if tp is float:
+        return "a number" + _bounds_text(bounds)
+    if tp is str:
+        return "a string"
+    if origin in (tuple, list):
+        return f"a list of {_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return _name(tp)
+
+
+def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    section = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
+    return f"unknown key '{prefix}{key}'{hint}. Allowed keys in {section}: {', '.join(allowed)}"
+
+
+def _message(exc: ValidationError, model: type[BaseModel], raw: Any) -> str:
+    """The message for the first of pydantic's errors, naming the dotted key and what is allowed."""
+    error = min(exc.errors(include_url=False), key=lambda e: _order(model, e["loc"]))
+    loc, kind = error["loc"], error["type"]
+    if kind == "value_error":  # a cross-field check: its message is complete
+        return str(error["ctx"]["error"])
+    tp: Any = model
+    key, value, bounds = "", raw, {}
+    for i, part in enumerate(loc):
+        tp = _unwrap(tp)
+        if _is_section(tp):
+            if part not in tp.model_fields:  # extra_forbidden, or a key that is not a string
+                return _unknown_key_message(f"{key}." if key else "", str(part), list(tp.model_fields))
+            field = tp.model_fields[part]
+            tp, bounds, key = field.annotation, _bounds(field), f"{key}.{part}" if key else part
+        else:
+            if typing.get_origin(tp) is tuple and kind == "missing" and i == len(loc) - 1:
+                break  # a fixed-length tuple given too few values
+            item = f"[{part}]" if isinstance(part, int) else f".{part}"
+            tp, bounds, key = _item_type(tp, part), {}, f"{key}{item}"
+        child = _child(value, part)
+        value = error["input"] if child is _MISSING else child
+    tp = _unwrap(tp)
+    args = typing.get_args(tp)
+    fixed_tuple = typing.get_origin(tp) is tuple and args[-1] is not Ellipsis
+    if fixed_tuple and kind in {"missing", "too_short", "too_long"}:
+        return f"'{key}' must be a list of {len(args)} values, got {value!r}"
+    if kind in _BOUND_ERRORS:
+        shown = float(value) if tp is float else value
+        return f"'{key}' must be{_bounds_text(bounds)}, got {shown!r}"
+    return f"'{key or 'the top level'}' must be {_expected(tp, bounds)}, got {value!r}"
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
+
+
+# --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 
@@ -334,147 +538,11 @@ def load_config(path: str | Path = DEFAULT_PARAMS) -> Config:
 
 
 def config_from_dict(raw: Mapping[str, Any], source: str = "params") -> Config:
+    raw = {} if raw is None else raw
     try:
-        cfg = _build(Config, raw, prefix="")
-        _check_consistency(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return cfg
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"'{where}' must be a mapping of keys, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(_unknown_key_message(prefix, str(key), list(fields)))
-    values = {}
-    for name, fld in fields.items():
-        if name in raw:
-            values[name] = _coerce(hints[name], raw[name], f"{prefix}{name}", fld.metadata)
-    return cls(**values)
-
-
-def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    section = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
-    return f"unknown key '{prefix}{key}'{hint}. Allowed keys in {section}: {', '.join(allowed)}"
-
-
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    if origin in (tuple, list):
-        args = typing.get_args(tp)
-        inner = _describe(args[0]) if args else "values"
-        return f"a list of {inner}"
-    if origin is dict:
-        return "a mapping"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(tp: Any, value: Any, key: str, bounds: Mapping[str, float]) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(option, value, key, bounds)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        if len(errors) == 1:
-            raise ConfigError(errors[0])
-        raise ConfigError(f"'{key}' must be {_describe(tp)}, got {value!r}")
-
-    if origin is Literal:
-        if value in args and type(value) in {type(a) for a in args}:
-            return value
-        raise ConfigError(f"'{key}' must be {_describe(tp)}, got {value!r}")
-
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=f"{key}.")
-
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be {_describe(tp)}, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{key}[{i}]", {}) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"'{key}' must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(a, v, f"{key}[{i}]", {}) for i, (a, v) in enumerate(zip(args, value)))
-
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"'{key}' must be {_describe(tp)}, got {value!r}")
-        return [_coerce(args[0], v, f"{key}[{i}]", {}) for i, v in enumerate(value)]
-
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(args[1], v, f"{key}.{k}", {}) for k, v in value.items()}
-
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"'{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return _check_bounds(value, key, bounds)
-        raise ConfigError(f"'{key}' must be an integer{_bounds_text(bounds)}, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _check_bounds(float(value), key, bounds)
-        raise ConfigError(f"'{key}' must be a number{_bounds_text(bounds)}, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"'{key}' must be a string, got {value!r}")
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a schema bug, not a user error
-
-
-_BOUND_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
-
-
-def _bounds_text(bounds: Mapping[str, float]) -> str:
-    parts = [f"{_BOUND_TEXT[k]} {v}" for k, v in bounds.items() if k in _BOUND_TEXT]
-    return " " + " and ".join(parts) if parts else ""
-
-
-def _check_bounds(value: float, key: str, bounds: Mapping[str, float]) -> Any:
-    ok = (
-        ("ge" not in bounds or value >= bounds["ge"])
-        and ("gt" not in bounds or value > bounds["gt"])
-        and ("le" not in bounds or value <= bounds["le"])
-        and ("lt" not in bounds or value < bounds["lt"])
-    )
-    if not ok:
-        raise ConfigError(f"'{key}' must be{_bounds_text(bounds)}, got {value!r}")
-    return value
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [_to_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_message(exc, Config, raw)}") from None
 
 
 # --------------------------------------------------------------------------------------------

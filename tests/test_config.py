@@ -4,8 +4,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
-from pipeline.config import Config, ConfigError, apply_preset, config_from_dict, load_config
+from pipeline.config import (
+    Config,
+    ConfigError,
+    CooccurrenceConfig,
+    FusionConfig,
+    GraphsConfig,
+    SampleConfig,
+    TrainConfig,
+    apply_preset,
+    config_from_dict,
+    load_config,
+    replace,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -114,3 +127,148 @@ def test_presets_merge_and_validate(tmp_path):
     with pytest.raises(ConfigError, match="model.deepth"):
         apply_preset(bad, params)
     assert params.read_text() == before  # a bad preset never half-applies
+
+
+# --------------------------------------------------------------------------------------------
+# Strictness: YAML values are never reinterpreted (except an integer for a float).
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"fusion": {"weight": True}}, "'fusion.weight' must be a number >= 0.0, got True"),
+        ({"model": {"depth": False}}, "'model.depth' must be an integer >= 1, got False"),
+        ({"train": {"mask_beta": [True, 3]}}, "'train.mask_beta[0]' must be a number, got True"),
+        ({"data": {"max_train": True}}, "'data.max_train' must be an integer >= 1, got True"),
+    ],
+)
+def test_a_bool_is_never_a_number(raw, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert str(info.value) == f"params: {message}"
+
+
+def test_an_int_is_accepted_for_a_float_and_stored_as_float():
+    cfg = config_from_dict({"fusion": {"weight": 2}, "model": {"dropout": 0}, "sample": {"cfg": 3}})
+    assert (cfg.fusion.weight, cfg.model.dropout, cfg.sample.cfg) == (2.0, 0.0, 3.0)
+    assert all(type(v) is float for v in (cfg.fusion.weight, cfg.model.dropout, cfg.sample.cfg))
+    strategy = config_from_dict({"sample": {"steps": 2, "strategy": {"cfg": [1, 2]}}}).sample.strategy
+    assert strategy == {"cfg": [1.0, 2.0]} and all(type(v) is float for v in strategy["cfg"])
+    assert type(CooccurrenceConfig(top_ratio=1).top_ratio) is float  # keyword construction too
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"model": {"depth": "3"}}, "'model.depth' must be an integer >= 1, got '3'"),
+        ({"fusion": {"weight": "1.0"}}, "'fusion.weight' must be a number >= 0.0, got '1.0'"),
+        ({"model": {"depth": 3.0}}, "'model.depth' must be an integer >= 1, got 3.0"),
+        ({"data": {"root": 5}}, "'data.root' must be a string, got 5"),
+        ({"model": {"tie_head": 1}}, "'model.tie_head' must be true or false, got 1"),
+        ({"tokenize": {"flip_augment": "true"}}, "'tokenize.flip_augment' must be true or false, got 'true'"),
+        ({"model": {"depth": None}}, "'model.depth' must be an integer >= 1, got None"),
+        ({"data": {"fashion_mnist_dir": None}}, "'data.fashion_mnist_dir' must be a string, got None"),
+    ],
+)
+def test_no_string_number_conversion_and_null_only_where_allowed(raw, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert str(info.value) == f"params: {message}"
+
+
+def test_null_is_accepted_where_the_type_allows_it():
+    cfg = config_from_dict({"data": {"root": None, "max_train": None}, "sample": {"strategy": None},
+                            "fusion": None})
+    assert cfg.data.root is None and cfg.data.max_train is None and cfg.sample.strategy is None
+    assert cfg.fusion == FusionConfig()  # an empty section takes its defaults
+
+
+@pytest.mark.parametrize("value", [True, 1.0, "1", 2])
+def test_literal_values_must_match_exactly(value):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data": {"synthetic_channels": value}})
+    assert str(info.value) == f"params: 'data.synthetic_channels' must be one of 1, 3, got {value!r}"
+
+
+def test_wrong_literal_names_the_allowed_values():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"graphs": {"similarity": {"index": "Flat"}}})
+    assert str(info.value) == (
+        "params: 'graphs.similarity.index' must be one of 'flat', 'ivf', 'hnsw', got 'Flat'"
+    )
+    cfg = config_from_dict({"graphs": {"cooccurrence": {"neighbourhood": 4}}})
+    assert cfg.graphs.cooccurrence.neighbourhood == 4
+
+
+def test_unknown_nested_key_suggests_the_full_dotted_key():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"graphs": {"cooccurrence": {"top_ration": 0.1}}})
+    assert str(info.value) == (
+        "params: unknown key 'graphs.cooccurrence.top_ration' (did you mean "
+        "'graphs.cooccurrence.top_ratio'?). Allowed keys in 'graphs.cooccurrence': neighbourhood, top_ratio"
+    )
+
+
+def test_unknown_keys_are_reported_before_bad_values_of_the_same_section():
+    with pytest.raises(ConfigError, match="unknown key 'fusion.wieght'"):
+        config_from_dict({"fusion": {"weight": -1, "wieght": 1}})
+    with pytest.raises(ConfigError, match="'seed' must be >= 0"):  # fields in schema order
+        config_from_dict({"fusion": {"wieght": 1}, "seed": -1})
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"data": {"val_fraction": 0}}, "'data.val_fraction' must be > 0.0 and < 1.0, got 0.0"),
+        ({"tokenizer": {"downsamples": 7}}, "'tokenizer.downsamples' must be >= 1 and <= 6, got 7"),
+        ({"model": {"dropout": 1}}, "'model.dropout' must be >= 0.0 and < 1.0, got 1.0"),
+        ({"data": {"max_train": 0}}, "'data.max_train' must be >= 1, got 0"),
+    ],
+)
+def test_out_of_bounds_names_the_bounds(raw, message):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert str(info.value) == f"params: {message}"
+
+
+def test_tuples_stay_tuples_and_to_dict_gives_lists():
+    cfg = config_from_dict({"fusion": {"graphs": ["similarity"]}, "train": {"mask_beta": [2, 1]}})
+    assert cfg.fusion.graphs == ("similarity",) and cfg.train.mask_beta == (2.0, 1.0)
+    plain = cfg.to_dict()
+    assert plain["fusion"]["graphs"] == ["similarity"] and plain["train"]["mask_beta"] == [2.0, 1.0]
+    assert Config().fusion.graphs == ("cooccurrence", "similarity", "incompatibility")
+
+
+def test_configs_are_frozen():
+    cfg = Config()
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.train.lr = 0.5
+    with pytest.raises(ValidationError, match="frozen"):
+        cfg.seed = 1
+    assert hash(TrainConfig()) == hash(TrainConfig())
+
+
+def test_keyword_construction_validates():
+    graphs = GraphsConfig(cooccurrence=CooccurrenceConfig(top_ratio=1.0))
+    assert graphs.cooccurrence.top_ratio == 1.0 and graphs.similarity.k == 2
+    with pytest.raises(ValidationError):
+        CooccurrenceConfig(top_ratio=1.5)
+    with pytest.raises(ValidationError):
+        SampleConfig(stepz=3)
+    with pytest.raises(ValidationError):
+        TrainConfig(mask_beta=[12.0, 3.0, 1.0])
+
+
+def test_replace_copies_with_changes_and_validates():
+    base = SampleConfig()
+    changed = replace(base, steps=4, cfg=2)
+    assert (changed.steps, changed.cfg, type(changed.cfg)) == (4, 2.0, float)
+    assert base.steps == 8  # the original is untouched
+    assert replace(TrainConfig(), mask_beta=[2, 1]).mask_beta == (2.0, 1.0)
+    with pytest.raises(ConfigError, match=r"^SampleConfig: 'steps' must be >= 1, got 0$"):
+        replace(base, steps=0)
+    with pytest.raises(ConfigError, match=r"unknown key 'stepz' \(did you mean 'steps'\?\)"):
+        replace(base, stepz=3)
+    with pytest.raises(ConfigError, match="model.dim \\(130\\) must be divisible by model.heads"):
+        replace(Config(), model=replace(Config().model, dim=130))  # cross-field checks too

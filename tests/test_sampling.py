@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.config import SampleConfig
+from pipeline.config import SampleConfig, replace
 from pipeline.sampling import (
     DecodePlan,
     batch_generator,
@@ -56,7 +55,7 @@ def decode(model, labels, plan, seed=0, on_step=None):
 
 
 def plan_for(**overrides) -> DecodePlan:
-    return decode_plan(dataclasses.replace(SampleConfig(), **overrides), L)
+    return decode_plan(replace(SampleConfig(), **overrides), L)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "arccos", "linear"])
@@ -189,7 +188,7 @@ def test_more_steps_than_tokens_still_decodes_everything():
 
 def test_batches_are_independent_of_run_order():
     # Batch b's samples depend only on (seed, b): the basis for splitting work across processes.
-    cfg = dataclasses.replace(SampleConfig(), per_class=3, batch_size=5, steps=4)
+    cfg = replace(SampleConfig(), per_class=3, batch_size=5, steps=4)
     whole = generate_samples(FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL,
                              sample_cfg=cfg, seed=11)
     labels = class_balanced_labels(K, 3)
@@ -199,7 +198,7 @@ def test_batches_are_independent_of_run_order():
 
 
 def test_samples_are_class_balanced_and_written_as_token_shards(tmp_path):
-    cfg = dataclasses.replace(SampleConfig(), per_class=5, batch_size=7, steps=3)
+    cfg = replace(SampleConfig(), per_class=5, batch_size=7, steps=3)
     samples = generate_samples(FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL,
                                sample_cfg=cfg, seed=0)
     meta = TokenMeta(grid_h=3, grid_w=4, codebook_size=V, num_classes=K, tokenizer_fingerprint="abc")

@@ -1,12 +1,10 @@
 """The trained VQ-VAE tokenizer: interface shapes, determinism, persistence, codebook upkeep."""
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 import torch
 
-from pipeline.config import TokenizerConfig
+from pipeline.config import TokenizerConfig, replace
 from pipeline.data import synthetic_image
 from pipeline.errors import PipelineError
 from pipeline.tokenizer.base import save_tokenizer, tokenizer_fingerprint
