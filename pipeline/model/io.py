@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -53,7 +52,7 @@ def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token
         "variant": variant,
         "weights": "ema",
         "architecture": model.spec.to_dict(),
-        "adapter": None if adapter is None else _plain(adapter.fusion),
+        "adapter": None if adapter is None else adapter.fusion.to_dict(),
         "tokens": asdict(token_meta),
     }
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
@@ -89,10 +88,6 @@ def check_token_meta(model_dir: str | Path, model_tokens: dict[str, Any], expect
         f"{model_dir} was trained on different tokens than data/tokens ({'; '.join(diffs)}); "
         "re-run the training stages (dvc repro)"
     )
-
-
-def _plain(fusion: FusionConfig) -> dict[str, Any]:
-    return dataclasses.asdict(fusion)
 
 
 def _fusion_from_dict(raw: dict[str, Any]) -> FusionConfig:

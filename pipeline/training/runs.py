@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from pipeline import layout
-from pipeline.config import Config, TrainConfig
+from pipeline.config import Config, TrainConfig, replace
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs
@@ -66,13 +66,12 @@ def load_token_splits(val_images: int, tokens_dir: Path = layout.TOKENS_DIR) -> 
 
 def finetune_recipe(cfg: Config) -> TrainConfig:
     """``train.*`` with the fine-tuning schedule of ``kamig.*``."""
-    return dataclasses.replace(cfg.train, steps=cfg.kamig.steps, lr=cfg.kamig.lr,
-                               warmup_steps=cfg.kamig.warmup_steps)
+    return replace(cfg.train, steps=cfg.kamig.steps, lr=cfg.kamig.lr, warmup_steps=cfg.kamig.warmup_steps)
 
 
 def resume_key(recipe: TrainConfig, seed: int, stream: str) -> dict[str, Any]:
     """What a checkpoint depends on: not checkpoint_every or val_images, which change no weight."""
-    key = {"seed": seed, "stream": stream, **asdict(recipe)}
+    key = {"seed": seed, "stream": stream, **recipe.to_dict()}
     del key["checkpoint_every"], key["val_images"]
     return key
 
@@ -106,7 +105,7 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
     if variant not in layout.FINETUNE_VARIANTS:
         raise PipelineError(f"unknown fine-tuning variant {variant!r}; "
                             f"choose one of {list(layout.FINETUNE_VARIANTS)}")
-    fusion = dataclasses.replace(cfg.fusion, weight=0.0) if variant == layout.CONTROL else cfg.fusion
+    fusion = replace(cfg.fusion, weight=0.0) if variant == layout.CONTROL else cfg.fusion
     data = load_token_splits(cfg.train.val_images)
     meta = data.meta
     base_dir = layout.model_dir(layout.BASE)
@@ -131,7 +130,7 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
         fingerprint={
             "stage": f"finetune@{variant}",
             "settings": resume_key(recipe, cfg.seed, FINETUNE_STREAM),
-            "adapter": asdict(fusion),
+            "adapter": fusion.to_dict(),
             "trainable": trainable,
             "tokens": asdict(meta),
             "train_shards": _split_digest(layout.TOKENS_DIR / "train"),
