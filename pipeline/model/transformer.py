@@ -48,6 +48,11 @@ class GeneratorSpec:
         if self.dim % self.heads:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
 
+    @property
+    def injection_points(self) -> int:
+        """Blocks that receive a knowledge-adapter signal: every block."""
+        return self.depth
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -168,6 +173,10 @@ class MaskGIT(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.proj, block.mlp.proj):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.spec.depth))
+
+    @property
+    def injection_points(self) -> int:
+        return self.spec.injection_points
 
     @property
     def token_embeddings(self) -> torch.Tensor:
