@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -381,6 +383,18 @@ def test_cli_errors_are_one_line_exit_2(tiny_state: dict, tmp_path: Path,
     assert err.startswith("error: ") and err.count("\n") == 1 and "norm.bias" in err
     assert not (tmp_path / "out").exists()
     assert main(["--from", "autonat", str(tmp_path / "absent.pth"), str(tmp_path / "out")]) == 2
+
+
+def test_cli_as_module(tiny_state: dict, tmp_path: Path) -> None:
+    """``python -m pipeline.model.convert``: a bad checkpoint gives one ``error:`` line and exit code 2."""
+    tiny_state["in_blocks.1.attn.qkv.weight"] = torch.zeros(48, 8)
+    torch.save(tiny_state, tmp_path / "ckpt.pth")
+    command = [sys.executable, "-m", "pipeline.model.convert", "--from", "autonat",
+               str(tmp_path / "ckpt.pth"), str(tmp_path / "out"), "--heads", "2"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == ("error: checkpoint does not match the AutoNAT U-ViT layout: wrong shapes: "
+                             "in_blocks.1.attn.qkv.weight (48, 8) (expected (48, 16))\n")
 
 
 def test_cli_tokens_meta(tiny_state: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
