@@ -482,6 +482,20 @@ def test_live_adapter_matches_reference_injection(backbone: UViT, state: dict[st
             assert miss.item() > CLEARLY, wrong
 
 
+def test_kamig_uvit_saves_and_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = kamig_on(UViT(TINY).eval())
+    with torch.no_grad():
+        for param in model.adapter.projections.values():
+            param.normal_(0, 0.1)
+    save_generator(model, tmp_path / "kamig", variant="kamig", token_meta=TokenMeta(2, 2, 12, 3, "t"))
+    loaded = load_generator(tmp_path / "kamig")
+    assert isinstance(loaded, UViT) and loaded.adapter.depth == TINY.injection_points == 5
+    tokens, labels = torch.tensor([[1, 12, 5, 7], [12, 12, 3, 0]]), torch.tensor([2, 3])
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens, labels), model(tokens, labels))
+
+
 def block_order(model: UViT) -> list[torch.nn.Module]:
     return [*model.in_blocks, model.mid_block, *model.out_blocks]
 
@@ -490,9 +504,8 @@ def block_order(model: UViT) -> list[torch.nn.Module]:
 def test_each_slot_enters_before_its_block(slot: int) -> None:
     """Only projection ``slot`` non-zero: the first block whose input changes is the spec's one,
     by exactly ``inject(slot)``, and out-blocks see it before the skip fusion (in their x argument)."""
-    spec = UViTSpec(codebook_size=12, num_classes=3, seq_len=4, dim=16, depth=4, heads=2)
     torch.manual_seed(0)
-    model = kamig_on(UViT(spec).eval())
+    model = kamig_on(UViT(TINY).eval())
     tokens, labels = torch.tensor([[1, 12, 5, 7], [12, 12, 3, 0]]), torch.tensor([2, 3])
     # spec §2.3 with 2 in-blocks: in[j] <- 4 - j, mid <- 2, out[j] <- 1 - j; in execution order:
     target = {4: 0, 3: 1, 2: 2, 1: 3, 0: 4}[slot]
