@@ -46,9 +46,10 @@ from pipeline.shards import META_FILE, TokenMeta, read_meta
 AUTONAT_FINGERPRINT = "imported:autonat"
 AUTONAT_HEADS = 8  # AutoNAT-L, configs/AutoNAT_L.yaml (spec §1.2); not stored in the weights
 AUTONAT_EMA_FILE = "nnet_ema.pth"  # inside an AutoNAT training-checkpoint directory
-# Harmless extras, dropped before the strict comparison. Only `position_ids`: ImprovedNAT strips
-# keys containing it when resuming (utils.py l.81, spec §1.1); the UViT registers no such buffer,
-# but older HuggingFace-style BertEmbeddings did, and it is derived data (arange), not a weight.
+# Harmless extras, dropped before the strict comparison. Only `*position_ids`: ImprovedNAT strips
+# such keys when resuming (utils.py l.81, spec §1.1). The UViT registers no such buffer and the
+# strict eval load implies the published file has none (UNVERIFIED, spec §6); if present it is an
+# index buffer (arange), not a weight.
 IGNORED_KEY_SUFFIXES = ("position_ids",)
 # How many names of each kind of difference an error lists before summarising.
 _LIST_AT_MOST = 20
