@@ -1,4 +1,5 @@
-"""The generator: MaskGIT backbone (``transformer``), KA-MIG adapter (``knowledge``), disk format (``io``).
+"""The generator: MaskGIT backbone (``transformer``), AutoNAT U-ViT backbone (``uvit``; published
+weights via ``convert``), KA-MIG adapter (``knowledge``), disk format (``io``).
 
 Sampler and evaluation use::
 
@@ -11,12 +12,15 @@ Sampler and evaluation use::
 from pipeline.model.io import build_generator, check_token_meta, load_generator, save_generator
 from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
 from pipeline.model.transformer import GeneratorSpec, MaskGIT, count_parameters
+from pipeline.model.uvit import UViT, UViTSpec
 
 __all__ = [
     "GeneratorSpec",
     "KnowledgeAdapter",
     "KnowledgeGraphs",
     "MaskGIT",
+    "UViT",
+    "UViTSpec",
     "build_generator",
     "check_token_meta",
     "count_parameters",

@@ -2,7 +2,8 @@
 
 ``config.json`` records everything needed to rebuild the module without ``params.yaml``:
 
-* ``architecture``: the :class:`GeneratorSpec`;
+* ``architecture``: the :class:`GeneratorSpec`, or the :class:`UViTSpec` when ``arch`` is "uvit"
+  (no ``arch`` key: "maskgit", as in model directories written before AutoNAT support);
 * ``adapter``: the ``fusion`` params it was built with (graphs used, negative_at, GCN layers,
   fusion weight, min_count), or null for the base model. The graphs are buffers in the weights file;
 * ``tokens``: the token meta the model was trained on, including the tokenizer fingerprint, so a
@@ -25,6 +26,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
 from pipeline.model.transformer import GeneratorSpec, MaskGIT
+from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.shards import TokenMeta
 
 WEIGHTS_FILE = "model.safetensors"
@@ -32,16 +34,26 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
 
+def spec_from_architecture(architecture: dict[str, Any]) -> GeneratorSpec | UViTSpec:
+    """The spec saved as ``config.json``'s ``architecture``, dispatched on its ``arch`` key."""
+    arch = architecture.get("arch", "maskgit")
+    if arch == "uvit":
+        return UViTSpec.from_dict(architecture)
+    if arch != "maskgit":
+        raise PipelineError(f"unknown generator architecture {arch!r} (expected 'maskgit' or 'uvit')")
+    return GeneratorSpec(**{k: v for k, v in architecture.items() if k != "arch"})
+
+
 def build_generator(
-    spec: GeneratorSpec, fusion: FusionConfig | None = None, graphs: KnowledgeGraphs | None = None
-) -> MaskGIT:
+    spec: GeneratorSpec | UViTSpec, fusion: FusionConfig | None = None, graphs: KnowledgeGraphs | None = None
+) -> MaskGIT | UViT:
     """A fresh model; with ``fusion`` and ``graphs`` it carries a (zero-initialised) adapter."""
     adapter = None
     if fusion is not None:
         if graphs is None:
             raise ValueError("an adapter needs its graphs")
-        adapter = KnowledgeAdapter(spec.dim, spec.depth, graphs, fusion)
-    return MaskGIT(spec, adapter)
+        adapter = KnowledgeAdapter(spec.dim, spec.injection_points, graphs, fusion)
+    return UViT(spec, adapter) if isinstance(spec, UViTSpec) else MaskGIT(spec, adapter)
 
 
 def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token_meta: TokenMeta) -> None:
@@ -114,7 +126,7 @@ def load_generator(
     except Exception as exc:  # safetensors raises its own error types for damaged files
         raise PipelineError(f"cannot read {weights}: {exc}") from exc
 
-    spec = GeneratorSpec(**config["architecture"])
+    spec = spec_from_architecture(config["architecture"])
     fusion, graphs = None, None
     if config["adapter"] is not None:
         fusion = _fusion_from_dict(config["adapter"])

@@ -400,3 +400,25 @@ class KnowledgeAdapter(nn.Module):
             return signal.view(batch, self.seq_len + 1, -1)
 
         return inject
+
+
+class AdapterHost:
+    """What every backbone that can carry a :class:`KnowledgeAdapter` shares (MaskGIT, U-ViT).
+
+    ``head_prefix`` names the output head's own parameters, which fine-tuning trains with the
+    adapter while the backbone stays frozen (the tied token table is not among them: it is the
+    backbone's input and the adapter's node features).
+    """
+
+    adapter: KnowledgeAdapter | None
+    head_prefix: str
+    token_embeddings: torch.Tensor  # (V, dim): the codebook rows of the token table
+
+    def precompute(self) -> None:
+        """Freeze the adapter's inference tables from the current weights (sampling)."""
+        if self.adapter is not None:
+            self.adapter.precompute(self.token_embeddings)
+
+    def release_precomputed(self) -> None:
+        if self.adapter is not None:
+            self.adapter.release_precomputed()

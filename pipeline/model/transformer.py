@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.model.knowledge import AdapterHost
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,11 @@ class GeneratorSpec:
         return cls(codebook_size=codebook_size, num_classes=num_classes, seq_len=seq_len, dim=model.dim,
                    depth=model.depth, heads=model.heads, mlp_ratio=model.mlp_ratio, dropout=model.dropout,
                    tie_head=model.tie_head)
+
+    @property
+    def injection_points(self) -> int:
+        """Blocks that receive a knowledge-adapter signal: every block."""
+        return self.depth
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,7 +134,7 @@ class Head(nn.Module):
         return F.linear(self.norm(F.gelu(self.dense(x))), weight, self.bias)
 
 
-class MaskGIT(nn.Module):
+class MaskGIT(AdapterHost, nn.Module):
     """Class-conditional masked token transformer; optionally carries a knowledge adapter.
 
     The adapter (``pipeline.model.knowledge.KnowledgeAdapter``) is called once per forward with
@@ -136,6 +142,8 @@ class MaskGIT(nn.Module):
     ``inject(layer)``, the additive signal before block ``layer``, (B, L + 1, dim). Without an
     adapter this is plain MaskGIT.
     """
+
+    head_prefix = "head."
 
     def __init__(self, spec: GeneratorSpec, adapter: nn.Module | None = None):
         super().__init__()
@@ -175,23 +183,14 @@ class MaskGIT(nn.Module):
                 nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * self.spec.depth))
 
     @property
+    def injection_points(self) -> int:
+        return self.spec.injection_points
+
+    @property
     def token_embeddings(self) -> torch.Tensor:
         """The codebook rows of the embedding table (without the mask row): (V, dim)."""
         return self.tok_emb.weight[: self.codebook_size]
 
-    @property
-    def injection_points(self) -> int:
-        """How many times an adapter adds its signal: before every block."""
-        return self.spec.depth
-
-    def precompute(self) -> None:
-        """Freeze the adapter's inference tables from the current weights (sampling; see knowledge)."""
-        if self.adapter is not None:
-            self.adapter.precompute(self.token_embeddings)
-
-    def release_precomputed(self) -> None:
-        if self.adapter is not None:
-            self.adapter.release_precomputed()
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits."""

@@ -120,7 +120,7 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
 
     names = [name for name, _ in model.named_parameters()]
     if cfg.kamig.freeze_backbone:  # the paper: the adapter and the output head's own layers
-        trainable = [n for n in names if n.startswith(("adapter.", "head."))]
+        trainable = [n for n in names if n.startswith(("adapter.", model.head_prefix))]
     else:
         trainable = names
     recipe = finetune_recipe(cfg)
