@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import CooccurrenceConfig, GraphsConfig
+from pipeline.config import CooccurrenceConfig, GraphsConfig, ModelConfig
 from pipeline.graphs.build import StagePaths, build_graphs
+from pipeline.model import GeneratorSpec
 from pipeline.shards import ShardWriter, TokenMeta, write_meta
 
 
@@ -126,3 +127,8 @@ def token_project(root: Path, splits: tuple[str, ...] = ("train",), params: str 
                           meta, split=split, shard_size=200)
     (root / "params.yaml").write_text(params)
     return root
+
+
+def generator_spec(codebook_size: int, num_classes: int, seq_len: int, **model: object) -> GeneratorSpec:
+    """A MaskGIT architecture from ``model.*`` values (validated, the rest at their defaults)."""
+    return GeneratorSpec.from_config(ModelConfig(**model), codebook_size, num_classes, seq_len)

@@ -28,7 +28,6 @@ import yaml
 from pipeline.config import FusionConfig, config_from_dict, merge_overlay
 from pipeline.errors import PipelineError
 from pipeline.model import (
-    GeneratorSpec,
     KnowledgeGraphs,
     MaskGIT,
     UViT,
@@ -43,6 +42,7 @@ from pipeline.model.io import spec_from_architecture
 from pipeline.model.knowledge import csr_from_coo
 from pipeline.sampling import decode_plan
 from pipeline.shards import TokenMeta, write_meta
+from tests.helpers import generator_spec
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "autonat_l_keys.json"
@@ -416,7 +416,7 @@ def test_check_state_lists_every_difference() -> None:
 
 
 def test_io_dispatch(tmp_path: Path) -> None:
-    old = MaskGIT(GeneratorSpec(codebook_size=8, num_classes=2, seq_len=4, dim=8, depth=2, heads=2))
+    old = MaskGIT(generator_spec(8, 2, 4, dim=8, depth=2, heads=2))
     save_generator(old, tmp_path / "old", variant="base", token_meta=TokenMeta(2, 2, 8, 2, "t"))
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     assert "arch" not in config["architecture"]  # directories written before AutoNAT support

@@ -1,4 +1,4 @@
-"""KA-MIG adapter: zero-init equivalence, masking, gradients, GCN maths, negative term, cache."""
+"""KA-MIG adapter: zero-init equivalence, masking, gradients, GCN maths, negative term, precompute."""
 
 from __future__ import annotations
 
@@ -9,19 +9,20 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.config import FusionConfig
 from pipeline.errors import PipelineError
+from pipeline.graphs.storage import load_knowledge_graphs
 from pipeline.model import (
-    AdapterSettings,
     GeneratorSpec,
+    KnowledgeGraphs,
     MaskGIT,
     build_generator,
     load_generator,
-    load_knowledge_graphs,
     save_generator,
 )
 from pipeline.model.knowledge import GCN
 from pipeline.shards import TokenMeta
-from tests.helpers import write_graph_files
+from tests.helpers import generator_spec, write_graph_files
 
 V, C, H, W = 24, 3, 3, 3
 L = H * W
@@ -49,19 +50,22 @@ def graph_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def spec(**overrides) -> GeneratorSpec:
-    return GeneratorSpec(**{"codebook_size": V, "num_classes": C, "seq_len": L, "dim": 16, "depth": 2,
-                            "heads": 2, "dropout": 0.0, **overrides})
+    return generator_spec(V, C, L, **{"dim": 16, "depth": 2, "heads": 2, "dropout": 0.0, **overrides})
 
 
-def make_models(graph_dir: Path, settings: AdapterSettings | None = None, min_count: int = 1,
+def graph_tensors(graph_dir: Path, graphs: tuple[str, ...], min_count: int = 1) -> KnowledgeGraphs:
+    data = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L, graphs=graphs,
+                                 min_count=min_count)
+    return KnowledgeGraphs.from_data(data)
+
+
+def make_models(graph_dir: Path, settings: FusionConfig | None = None, min_count: int = 1,
                 seed: int = 0) -> tuple[MaskGIT, MaskGIT]:
     """A random base model and a KA-MIG model holding the same backbone weights."""
-    settings = settings or AdapterSettings(min_count=min_count)
+    settings = settings or FusionConfig(min_count=min_count)
     torch.manual_seed(seed)
     base = MaskGIT(spec())
-    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
-                                   graphs=settings.graphs, min_count=settings.min_count)
-    kamig = build_generator(spec(), settings, graphs)
+    kamig = build_generator(spec(), settings, graph_tensors(graph_dir, settings.graphs, settings.min_count))
     missing, unexpected = kamig.load_state_dict(base.state_dict(), strict=False)
     assert not unexpected and all(name.startswith("adapter.") for name in missing)
     return base, kamig
@@ -98,7 +102,7 @@ def test_zero_initialised_adapter_gives_exactly_the_base_logits(graph_dir: Path,
 
 
 def test_fusion_weight_zero_gives_exactly_the_base_logits(graph_dir: Path) -> None:
-    base, kamig = make_models(graph_dir, AdapterSettings(weight=0.0))
+    base, kamig = make_models(graph_dir, FusionConfig(weight=0.0))
     randomise_adapter(kamig)
     tokens, labels = batch()
     for mode in (True, False):
@@ -117,7 +121,7 @@ def test_fusion_weight_zero_gives_exactly_the_base_logits(graph_dir: Path) -> No
 
 
 def test_masked_positions_receive_no_cooccurrence_or_similarity_signal(graph_dir: Path) -> None:
-    settings = AdapterSettings(graphs=("cooccurrence", "similarity"))
+    settings = FusionConfig(graphs=("cooccurrence", "similarity"))
     _, kamig = make_models(graph_dir, settings)
     randomise_adapter(kamig)
     tokens, labels = batch(p_mask=0.5)
@@ -141,7 +145,7 @@ def test_negative_term_is_the_mean_of_projected_incompatible_embeddings(
     graph_dir: Path, negative_at: str
 ) -> None:
     min_count = 2
-    settings = AdapterSettings(graphs=("incompatibility",), negative_at=negative_at, min_count=min_count)
+    settings = FusionConfig(graphs=("incompatibility",), negative_at=negative_at, min_count=min_count)
     _, kamig = make_models(graph_dir, settings)
     randomise_adapter(kamig)
     adapter = kamig.adapter
@@ -168,8 +172,7 @@ def test_negative_term_is_the_mean_of_projected_incompatible_embeddings(
 
 
 def test_null_class_uses_class_marginal_incompatibility(graph_dir: Path) -> None:
-    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
-                                   graphs=("incompatibility",), min_count=1)
+    graphs = graph_tensors(graph_dir, ("incompatibility",))
     ptr, toks = graphs.compatible_ptr, graphs.compatible_tokens.long()
     for position in range(L):
         union = set()
@@ -203,8 +206,7 @@ def test_gradients_reach_every_adapter_parameter(graph_dir: Path) -> None:
 
 
 def test_gcn_sparse_matches_dense_reference(graph_dir: Path) -> None:
-    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
-                                   graphs=("cooccurrence",))
+    graphs = graph_tensors(graph_dir, ("cooccurrence",))
     crow, col, weight = graphs.edges["cooccurrence"]
     rows = torch.repeat_interleave(torch.arange(V), crow[1:] - crow[:-1])
     dense = torch.zeros(V, V)
@@ -247,65 +249,57 @@ def test_gcn_sparse_matches_dense_reference(graph_dir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Inference cache
+# Precomputed inference tables
 # --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("negative_at", ["all", "masked"])
-def test_cached_inference_equals_uncached(graph_dir: Path, negative_at: str) -> None:
-    _, kamig = make_models(graph_dir, AdapterSettings(negative_at=negative_at))
+def test_precomputed_inference_equals_computing_from_the_weights(graph_dir: Path, negative_at: str) -> None:
+    _, kamig = make_models(graph_dir, FusionConfig(negative_at=negative_at))
     randomise_adapter(kamig)
     kamig.eval()
     tokens, labels = batch()
     with torch.no_grad():
-        cached = kamig(tokens, labels)
-        assert kamig.adapter._cache is not None
-        again = kamig(tokens, labels)  # served from the cache
-        kamig.adapter.use_cache = False
-        uncached = kamig(tokens, labels)
-    assert torch.equal(cached, again)
-    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-6)
+        computed = kamig(tokens, labels)
+        assert kamig.adapter.tables is None  # nothing is cached behind the caller's back
+        kamig.precompute()
+        assert kamig.adapter.tables is not None
+        precomputed = kamig(tokens, labels)
+        again = kamig(tokens, labels)
+    assert torch.equal(precomputed, again)
+    torch.testing.assert_close(precomputed, computed, rtol=1e-5, atol=1e-6)
 
 
-def test_cache_is_invalidated_when_weights_change(graph_dir: Path) -> None:
+def test_train_drops_the_precomputed_tables(graph_dir: Path) -> None:
     _, kamig = make_models(graph_dir)
     randomise_adapter(kamig)
     kamig.eval()
-    tokens, labels = batch()
-    with torch.inference_mode():
-        before = kamig(tokens, labels)
-    randomise_adapter(kamig, seed=2)  # an in-place update, as an optimiser step does
-    with torch.no_grad():
-        after = kamig(tokens, labels)
-        kamig.adapter.use_cache = False
-        fresh = kamig(tokens, labels)
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, fresh, rtol=1e-5, atol=1e-6)
-    # load_state_dict and train() also invalidate it.
-    state = {k: v.clone() for k, v in kamig.state_dict().items()}
-    kamig.adapter.use_cache = True
-    with torch.no_grad():
-        kamig(tokens, labels)
-        state["tok_emb.weight"] += 0.1
-        kamig.load_state_dict(state)
-        reloaded = kamig(tokens, labels)
-        kamig.adapter.use_cache = False
-        torch.testing.assert_close(reloaded, kamig(tokens, labels), rtol=1e-5, atol=1e-6)
+    kamig.precompute()
     kamig.train()
-    assert kamig.adapter._cache is None
+    assert kamig.adapter.tables is None
+    tokens, labels = batch()
+    randomise_adapter(kamig, seed=2)  # a training step: the forward must see the new weights
+    kamig.eval()
+    with torch.no_grad():
+        fresh = kamig(tokens, labels)
+        kamig.precompute()
+        torch.testing.assert_close(kamig(tokens, labels), fresh, rtol=1e-5, atol=1e-6)
+        kamig.release_precomputed()
+        assert kamig.adapter.tables is None
 
 
-def test_negative_table_falls_back_to_batch_classes_when_over_budget(graph_dir: Path) -> None:
+def test_precompute_over_budget_keeps_computing_per_batch(graph_dir: Path) -> None:
     _, kamig = make_models(graph_dir)
     randomise_adapter(kamig)
     kamig.eval()
     tokens, labels = batch()
     with torch.no_grad():
+        kamig.precompute()
         full = kamig(tokens, labels)
-        kamig.adapter.cache_bytes = 0
-        kamig.adapter.clear_cache()
+        kamig.adapter.precompute_bytes = 0
+        assert kamig.adapter.precompute(kamig.token_embeddings) is False
+        assert kamig.adapter.tables is None
         partial = kamig(tokens, labels)
-    assert "tables" not in kamig.adapter._cache and kamig.adapter._cache["positive"] is not None
     torch.testing.assert_close(full, partial, rtol=1e-5, atol=1e-6)
 
 
@@ -315,13 +309,13 @@ def test_negative_table_falls_back_to_batch_classes_when_over_budget(graph_dir: 
 
 
 def test_saved_kamig_model_is_self_contained(graph_dir: Path, tmp_path: Path) -> None:
-    _, kamig = make_models(graph_dir, AdapterSettings(weight=0.7, negative_at="masked"))
+    _, kamig = make_models(graph_dir, FusionConfig(weight=0.7, negative_at="masked"))
     randomise_adapter(kamig)
     meta = TokenMeta(H, W, V, C, "abc123")
     save_generator(kamig, tmp_path / "kamig", variant="kamig", token_meta=meta)
     loaded = load_generator(tmp_path / "kamig", expected_meta=meta)
     assert not loaded.training
-    assert loaded.adapter.settings == kamig.adapter.settings
+    assert loaded.adapter.fusion == kamig.adapter.fusion
     assert float(loaded.adapter.fusion_weight) == pytest.approx(0.7)
     assert loaded.adapter.graph_buffer_numel() == kamig.adapter.graph_buffer_numel() > 0
     assert (loaded.mask_id, loaded.null_class, loaded.codebook_size, loaded.num_classes, loaded.seq_len) == (
@@ -339,9 +333,10 @@ def test_saved_kamig_model_is_self_contained(graph_dir: Path, tmp_path: Path) ->
 def test_graph_files_with_out_of_range_tokens_are_rejected(graph_dir: Path) -> None:
     with pytest.raises(PipelineError, match=r"cooccurrence\.parquet"):
         load_knowledge_graphs(graph_dir, codebook_size=V - 4, num_classes=C, seq_len=L,
-                              graphs=("cooccurrence",))
+                              graphs=("cooccurrence",), min_count=1)
     with pytest.raises(PipelineError, match=r"position_token_counts\.parquet.*'label'"):
         load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C - 1, seq_len=L,
-                              graphs=("incompatibility",))
+                              graphs=("incompatibility",), min_count=1)
     with pytest.raises(PipelineError, match="not found"):
-        load_knowledge_graphs(graph_dir / "missing", codebook_size=V, num_classes=C, seq_len=L)
+        load_knowledge_graphs(graph_dir / "missing", codebook_size=V, num_classes=C, seq_len=L,
+                              graphs=("cooccurrence", "similarity", "incompatibility"), min_count=1)

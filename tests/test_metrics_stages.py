@@ -16,7 +16,7 @@ from PIL import Image
 from pipeline.config import config_from_dict
 from pipeline.data import MANIFEST_PATH, build_manifest
 from pipeline.metrics import METRIC_KEYS
-from pipeline.model import GeneratorSpec, build_generator, save_generator
+from pipeline.model import build_generator, save_generator
 from pipeline.shards import TokenMeta, load_split, write_meta
 from pipeline.stages import classifier as classifier_stage
 from pipeline.stages import evaluate as evaluate_stage
@@ -24,6 +24,7 @@ from pipeline.stages import reference as reference_stage
 from pipeline.stages import sample as sample_stage
 from pipeline.tokenizer.base import save_tokenizer
 from pipeline.tokenizer.vqvae import VQVAE
+from tests.helpers import generator_spec
 
 CLASSES, PER_CLASS, SIZE, CODES = 4, 6, 16, 32
 
@@ -53,7 +54,7 @@ def workdir(tmp_path, monkeypatch):
     meta = TokenMeta(grid_h=4, grid_w=4, codebook_size=CODES, num_classes=CLASSES,
                      tokenizer_fingerprint=fingerprint)
     write_meta(sample_stage.TOKENS_DIR, meta)
-    spec = GeneratorSpec(codebook_size=CODES, num_classes=CLASSES, seq_len=16, dim=32, depth=1, heads=2)
+    spec = generator_spec(CODES, CLASSES, 16, dim=32, depth=1, heads=2)
     save_generator(build_generator(spec), sample_stage.MODELS_DIR / "base", variant="base", token_meta=meta)
     return cfg, meta
 

@@ -3,27 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from pipeline.train import (
-    SampleOrder,
-    TrainSettings,
-    learning_rate,
-    list_checkpoints,
-    step_batch,
-    train_generator,
-)
 from safetensors.torch import load_file
 
-from pipeline.config import config_from_dict
+from pipeline.config import FusionConfig, TrainConfig, config_from_dict
 from pipeline.ema import EMA
-from pipeline.model import GeneratorSpec, MaskGIT, build_generator, load_generator
-from pipeline.model.knowledge import AdapterSettings, load_knowledge_graphs
+from pipeline.graphs.storage import load_knowledge_graphs
+from pipeline.model import MaskGIT, build_generator, load_generator
+from pipeline.model.knowledge import KnowledgeGraphs
 from pipeline.shards import TokenMeta, TokenSplit, write_meta, write_shard
-from tests.helpers import write_graph_files
+from pipeline.training.batches import SampleOrder, step_batch
+from pipeline.training.checkpoints import list_checkpoints
+from pipeline.training.loop import TrainRun, evaluate_masked, train_generator
+from pipeline.training.optim import learning_rate
+from tests.helpers import REPO_ROOT, generator_spec, write_graph_files
 from tests.test_knowledge import C, H, V, W, toy_data
 
 L = H * W
@@ -35,15 +36,23 @@ def split(n: int = 96, seed: int = 0) -> TokenSplit:
     return TokenSplit(np.arange(n), labels.astype(np.int32), tokens.astype(np.int32), META)
 
 
-def settings(**overrides) -> TrainSettings:
-    base = {"seed": 0, "stream": "base", "steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2,
-            "grad_accum": 2, "checkpoint_every": 2, "log_every": 2, "val_images": 16, "ema_decay": 0.9}
-    return TrainSettings(**{**base, **overrides})
+def recipe(**overrides) -> TrainConfig:
+    base = {"steps": 6, "batch_size": 8, "lr": 3e-3, "warmup_steps": 2, "grad_accum": 2,
+            "checkpoint_every": 2, "log_every": 2, "val_images": 16, "ema_decay": 0.9}
+    return TrainConfig(**{**base, **overrides})
+
+
+def run_for(checkpoint_dir: str | Path, fingerprint: dict | None = None, live_dir: str | Path | None = None,
+            trainable: list[str] | None = None, **overrides) -> TrainRun:
+    return TrainRun(recipe=recipe(**overrides), seed=0, stream="base", checkpoint_dir=Path(checkpoint_dir),
+                    fingerprint={"run": 1} if fingerprint is None else fingerprint,
+                    live_dir=None if live_dir is None else Path(live_dir),
+                    trainable=None if trainable is None else tuple(trainable))
 
 
 def tiny_model(seed: int = 0) -> MaskGIT:
     torch.manual_seed(seed)
-    return MaskGIT(GeneratorSpec(V, C, L, dim=16, depth=2, heads=2, dropout=0.1))
+    return MaskGIT(generator_spec(V, C, L, dim=16, depth=2, heads=2, dropout=0.1))
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,12 +84,12 @@ def test_ema_update_follows_the_warmed_up_decay() -> None:
 
 
 def test_learning_rate_warmup_then_cosine_or_constant() -> None:
-    s = settings(steps=100, warmup_steps=10, lr=1.0)
+    s = recipe(steps=100, warmup_steps=10, lr=1.0)
     assert learning_rate(s, 0) == pytest.approx(0.1) and learning_rate(s, 9) == pytest.approx(1.0)
     assert learning_rate(s, 10) == pytest.approx(1.0)
     assert learning_rate(s, 55) == pytest.approx(0.5)
     assert learning_rate(s, 99) < 0.001
-    constant = settings(steps=100, warmup_steps=10, lr=1.0, lr_schedule="constant")
+    constant = recipe(steps=100, warmup_steps=10, lr=1.0, lr_schedule="constant")
     assert learning_rate(constant, 99) == 1.0
 
 
@@ -99,12 +108,13 @@ def test_sample_order_is_a_fresh_permutation_per_epoch_and_deterministic() -> No
 def test_step_batch_is_a_function_of_seed_and_step() -> None:
     data = split()
     tokens, labels = torch.from_numpy(data.tokens), torch.from_numpy(data.labels)
-    s = settings()
-    a = step_batch(s, 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
-    b = step_batch(s, 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
-    c = step_batch(s, 4, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    s = recipe()
+    a = step_batch(s, 0, "base", 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    b = step_batch(s, 0, "base", 3, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    c = step_batch(s, 0, "base", 4, SampleOrder(len(data), 0, "base"), tokens, labels, V, C)
+    d = step_batch(s, 1, "base", 3, SampleOrder(len(data), 1, "base"), tokens, labels, V, C)
     assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
-    assert not torch.equal(a.inputs, c.inputs)
+    assert not torch.equal(a.inputs, c.inputs) and not torch.equal(a.inputs, d.inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -119,24 +129,54 @@ def _assert_same_state(a: MaskGIT, b: MaskGIT) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+# Run in a child process that SIGKILLs itself inside step `stop + 1`, after `stop` completed
+# steps: a real interruption, with nothing in the production code that knows about tests.
+_KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+
+import pipeline.ema
+from pipeline.training.loop import train_generator
+from tests.test_train import run_for, split, tiny_model
+
+stop, every = int(sys.argv[1]), int(sys.argv[2])
+update, calls = pipeline.ema.EMA.update, []
+
+
+def update_then_die(self, named):
+    calls.append(1)
+    if len(calls) > stop:
+        os.kill(os.getpid(), signal.SIGKILL)
+    update(self, named)
+
+
+pipeline.ema.EMA.update = update_then_die
+data = split()
+train_generator(tiny_model(), run_for("cut", live_dir="live_cut", checkpoint_every=every), data, data)
+"""
+
+
+def _killed_run(directory: Path, stop: int, every: int) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, "-c", _KILLED_RUN, str(stop), str(every)], cwd=directory, env=env,
+                          capture_output=True, timeout=300).returncode
+
+
 @pytest.mark.parametrize(("checkpoint_every", "stop_after", "saved"), [(2, 3, 2), (3, 5, 3)])
-def test_interrupted_and_resumed_run_equals_uninterrupted_run(
+def test_killed_and_resumed_run_equals_uninterrupted_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, checkpoint_every: int, stop_after: int, saved: int
 ) -> None:
     monkeypatch.chdir(tmp_path)  # DVCLive inspects the repository around the working directory
-    data, s = split(), settings(checkpoint_every=checkpoint_every)  # log_every 2
-    full = train_generator(tiny_model(), s, data, data, checkpoint_dir=tmp_path / "full",
-                           fingerprint={"run": 1}, live_dir=tmp_path / "live_full")
-    # "Killed" after step stop_after: the steps since the newest checkpoint are redone on resume
-    # (with checkpoint_every 3 the checkpoint also falls between two log steps).
-    cut = train_generator(tiny_model(), s, data, data, checkpoint_dir=tmp_path / "cut",
-                          fingerprint={"run": 1}, live_dir=tmp_path / "live_cut", stop_after=stop_after)
-    assert cut is None
+    data = split()
+    full = train_generator(tiny_model(), run_for(tmp_path / "full", live_dir=tmp_path / "live_full",
+                                                 checkpoint_every=checkpoint_every), data, data)
+    # Killed in the step after stop_after: the steps since the newest checkpoint are redone on
+    # resume (with checkpoint_every 3 the checkpoint also falls between two log steps).
+    assert _killed_run(tmp_path, stop_after, checkpoint_every) == -signal.SIGKILL
     assert [step for step, _ in list_checkpoints(tmp_path / "cut")] == [saved]
     # The resumed process starts from a differently initialised model: the checkpoint must win.
-    resumed = train_generator(tiny_model(seed=7), s, data, data, checkpoint_dir=tmp_path / "cut",
-                              fingerprint={"run": 1}, live_dir=tmp_path / "live_cut")
-    assert full is not None and resumed is not None
+    resumed = train_generator(tiny_model(seed=7), run_for(tmp_path / "cut", live_dir=tmp_path / "live_cut",
+                                                          checkpoint_every=checkpoint_every), data, data)
     _assert_same_state(full.model, resumed.model)
     for key in ("loss", "val_loss", "val_masked_accuracy"):
         assert full.metrics[key] == resumed.metrics[key]
@@ -150,13 +190,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_run(
 
 def test_checkpoints_of_another_run_definition_are_discarded(tmp_path: Path) -> None:
     data = split()
-    train_generator(tiny_model(), settings(), data, None, checkpoint_dir=tmp_path / "ck",
-                    fingerprint={"lr": 1}, stop_after=2)
+    # A longer run leaves its step-4 checkpoint; resuming it would skip the shorter run entirely.
+    train_generator(tiny_model(), run_for(tmp_path / "ck", fingerprint={"lr": 1}, steps=4), data, None)
     assert list_checkpoints(tmp_path / "ck")
-    fresh = train_generator(tiny_model(), settings(steps=2), data, None, checkpoint_dir=tmp_path / "ck",
-                            fingerprint={"lr": 2})
-    reference = train_generator(tiny_model(), settings(steps=2), data, None, checkpoint_dir=tmp_path / "ref",
-                                fingerprint={"lr": 2})
+    shorter = {"fingerprint": {"lr": 2}, "steps": 2}
+    fresh = train_generator(tiny_model(), run_for(tmp_path / "ck", **shorter), data, None)
+    reference = train_generator(tiny_model(), run_for(tmp_path / "ref", **shorter), data, None)
     _assert_same_state(fresh.model, reference.model)
     assert json.loads((tmp_path / "ck" / "run.json").read_text()) == {"lr": 2}
 
@@ -164,13 +203,14 @@ def test_checkpoints_of_another_run_definition_are_discarded(tmp_path: Path) -> 
 def test_frozen_backbone_trains_only_the_named_parameters(tmp_path: Path) -> None:
     data = split()
     graph_dir = write_graph_files(tmp_path / "graphs", data.tokens, data.labels, V, (H, W))
-    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L)
+    fusion = FusionConfig()
+    graphs = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L, graphs=fusion.graphs,
+                                   min_count=fusion.min_count)
     start = tiny_model()
-    model = build_generator(start.spec, AdapterSettings(), graphs)
+    model = build_generator(start.spec, fusion, KnowledgeGraphs.from_data(graphs))
     model.load_state_dict(start.state_dict(), strict=False)
-    trainable = [n for n, _ in model.named_parameters() if n.startswith(("adapter.", "head."))]
-    result = train_generator(model, settings(), data, None, checkpoint_dir=tmp_path / "ck",
-                             fingerprint={}, trainable=trainable)
+    trainable = [n for n, _ in model.named_parameters() if n.startswith(("adapter.", model.head_prefix))]
+    result = train_generator(model, run_for(tmp_path / "ck", trainable=trainable), data, None)
     final = result.model.state_dict()
     for name, value in start.state_dict().items():
         assert torch.equal(final[name], value) == (not name.startswith("head.")), name
@@ -206,9 +246,9 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
         "kamig": {"steps": 3, "warmup_steps": 1},
         "fusion": {"weight": 0.5},
     })
-    train_base.body(cfg)
-    finetune.body(cfg, "control")
-    finetune.body(cfg, "kamig")
+    train_base.run(cfg)
+    finetune.run(cfg, "control")
+    finetune.run(cfg, "kamig")
 
     variants = ("base", "control", "kamig")
     metrics = {v: json.loads((tmp_path / f"metrics/train_{v}.json").read_text()) for v in variants}
@@ -237,21 +277,19 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
 
     # A repeated run with the same params finds its final checkpoint: same weights, no retraining.
     before = load_file(str(tmp_path / "models/kamig/model.safetensors"))
-    finetune.body(cfg, "kamig")
+    finetune.run(cfg, "kamig")
     after = load_file(str(tmp_path / "models/kamig/model.safetensors"))
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
 def test_training_learns_the_toy_distribution(tmp_path: Path) -> None:
     """Class c uses mostly its own third of the codebook: a trained model must find that out."""
-    from pipeline.train import evaluate_masked
-
     data, val = split(400, seed=0), split(120, seed=1)
-    s = settings(steps=80, batch_size=32, grad_accum=1, lr=1e-2, warmup_steps=5, checkpoint_every=80,
-                 val_images=120, ema_decay=0.9)
-    before = evaluate_masked(tiny_model(), val, s)
+    run = run_for(tmp_path / "ck", steps=80, batch_size=32, grad_accum=1, lr=1e-2, warmup_steps=5,
+                  checkpoint_every=80, val_images=120, ema_decay=0.9)
+    before = evaluate_masked(tiny_model(), val, run.recipe, seed=0)
     assert before["val_loss"] == pytest.approx(np.log(V), rel=0.05)  # untrained: uniform over V
-    result = train_generator(tiny_model(), s, data, val, checkpoint_dir=tmp_path / "ck", fingerprint={})
+    result = train_generator(tiny_model(), run, data, val)
     # With the class known, about V / C = 8 candidates remain per token: loss well below log(24).
     assert result.metrics["val_loss"] < np.log(V) - 0.4
     assert result.metrics["val_masked_accuracy"] > 2.0 / V
