@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import ClassifierConfig
 from pipeline.data import synthetic_image
 from pipeline.errors import PipelineError
+from pipeline.images import quantize
 from pipeline.metrics.classifier import (
     ClassifierSpec,
     DomainClassifier,
-    TrainSettings,
     accuracy,
     classify,
     load_classifier,
-    quantize,
     random_batches,
     save_classifier,
     train_classifier,
@@ -40,7 +40,7 @@ def spec() -> ClassifierSpec:
 
 
 def fit(train, seed=0, steps=150) -> DomainClassifier:
-    settings = TrainSettings(steps=steps, batch_size=32, lr=3e-3, seed=seed)
+    settings = ClassifierConfig(steps=steps, batch_size=32, lr=3e-3, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     return train_classifier(spec(), random_batches(*train, 32, generator), settings)
 
@@ -80,7 +80,7 @@ def test_save_and_load_give_the_same_outputs(tmp_path, data):
 
 @pytest.mark.parametrize(("size", "blocks"), [(28, 2), (32, 2), (16, 1), (64, 3), (256, 5)])
 def test_architecture_scales_with_the_image_size(size, blocks):
-    model = DomainClassifier(ClassifierSpec(channels=3, image_size=size, num_classes=7, feature_dim=16))
+    model = DomainClassifier(ClassifierSpec(channels=3, image_size=size, num_classes=7, feature_dim=16, width=32))
     assert model.spec.downsamples == blocks
     features, logits = model.eval().features_and_logits(torch.rand(2, 3, size, size))
     assert features.shape == (2, 16) and logits.shape == (2, 7)

@@ -24,7 +24,7 @@ from pipeline.data import (
     synthetic_image,
 )
 from pipeline.errors import DataSourceError
-from pipeline.stages.prepare import prepare
+from pipeline.stages.prepare import run as prepare
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

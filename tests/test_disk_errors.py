@@ -20,8 +20,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline import runtime as common
 from pipeline.errors import PipelineError
-from pipeline.stages import common
 from pipeline.stages import graphs as graphs_stage
 from tests.helpers import run_entry, snapshot, temp_leftovers, token_project
 

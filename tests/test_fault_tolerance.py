@@ -30,8 +30,8 @@ from typing import Any
 
 import pytest
 import yaml
-from pipeline.train import prepare_checkpoint_dir
 
+from pipeline.training.checkpoints import prepare_checkpoint_dir
 from tests.helpers import REPO_ROOT, dvc_env, make_repo_copy, run, snapshot, temp_leftovers
 
 pytestmark = pytest.mark.e2e

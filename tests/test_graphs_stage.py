@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import CooccurrenceConfig, GraphsConfig, IncompatibilityConfig, config_from_dict
+from pipeline.config import CooccurrenceConfig, GraphsConfig, config_from_dict
 from pipeline.errors import PipelineError, ShardError
 from pipeline.graphs import (
     COOCCURRENCE_FILE,
@@ -203,7 +203,7 @@ def test_metrics_and_degree_plot(tmp_path, corpus):
 def test_loaders(tmp_path, corpus):
     labels, tokens = corpus
     tokens_dir = write_tokens(tmp_path / "tokens", labels, tokens, shard_size=40)
-    paths, _ = run(tmp_path / "out", tokens_dir, incompatibility=IncompatibilityConfig(min_count=2))
+    paths, _ = run(tmp_path / "out", tokens_dir)
     src, _, weight = load_edges(paths.graphs_dir / COOCCURRENCE_FILE)
     table = pq.read_table(paths.graphs_dir / COOCCURRENCE_FILE)
     assert np.array_equal(src, table.column("src").to_numpy()) and src.dtype == np.int64
@@ -211,9 +211,11 @@ def test_loaders(tmp_path, corpus):
     counts = load_position_token_counts(paths.graphs_dir / POSITION_TOKEN_COUNTS_FILE)
     c, _, _ = counts.compatible(2)
     assert len(c) == np.count_nonzero(counts.count >= 2) < len(counts.count)
+    # The stage reports the paper's definition, "never observed" (fusion.min_count is the model's).
     metrics = json.loads(paths.metrics_file.read_text())
     total = META.num_classes * META.seq_len * META.codebook_size
-    assert metrics["incompatibility_density"] == pytest.approx(1 - len(c) / total)
+    assert metrics["incompatibility"]["min_count"] == 1
+    assert metrics["incompatibility_density"] == pytest.approx(1 - len(counts.compatible(1)[0]) / total)
     with pytest.raises(PipelineError, match="not found"):
         load_edges(tmp_path / "missing.parquet")
 
@@ -395,18 +397,17 @@ def test_draw_neighbours_picture(tmp_path):
 
 
 def test_stage_entry_with_picture(tmp_path, monkeypatch, corpus):
-    import pipeline.tokenizer.base as tokenizer_base
     from pipeline.config import Config
     from pipeline.stages import graphs as stage
+    from pipeline.tokenizer import registry
 
-    # The real tokenizer implementations are not needed (nor maybe present) for this test.
-    monkeypatch.setattr(tokenizer_base, "_import_implementations", lambda: None)
+    monkeypatch.setitem(registry.TOKENIZERS, StripeTokenizer.kind, StripeTokenizer)
     monkeypatch.chdir(tmp_path)
     fingerprint = save_tokenizer(StripeTokenizer(), Path("models/tokenizer"))
     labels, tokens = corpus
     meta = TokenMeta(4, 5, 40, 3, fingerprint)
     write_tokens(Path("data/tokens"), labels, tokens, shard_size=60, meta=meta)
-    stage.body(Config())
+    stage.run(Config())
     for name in GRAPH_FILES:
         assert (Path("data/graphs") / name).is_file()
     assert Path("metrics/graphs.json").is_file() and Path("metrics/plots/graph_degrees.csv").is_file()
@@ -417,7 +418,7 @@ def test_stage_entry_with_picture(tmp_path, monkeypatch, corpus):
     save_tokenizer(StripeTokenizer(cell=2), Path("models/tokenizer"))
     shutil.rmtree("data/graphs")
     with pytest.raises(PipelineError, match="fingerprint"):
-        stage.body(Config())
+        stage.run(Config())
     assert not Path("data/graphs").exists()
 
 

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from pipeline import layout
 from pipeline.config import config_from_dict
 from pipeline.data import MANIFEST_PATH, build_manifest
 from pipeline.metrics import METRIC_KEYS
@@ -50,27 +51,27 @@ def workdir(tmp_path, monkeypatch):
 
     tokenizer = VQVAE(channels=1, image_size=SIZE, hidden=16, code_dim=8, codebook_size=CODES,
                       downsamples=2, res_blocks=0)
-    fingerprint = save_tokenizer(tokenizer, sample_stage.TOKENIZER_DIR)
+    fingerprint = save_tokenizer(tokenizer, layout.TOKENIZER_DIR)
     meta = TokenMeta(grid_h=4, grid_w=4, codebook_size=CODES, num_classes=CLASSES,
                      tokenizer_fingerprint=fingerprint)
-    write_meta(sample_stage.TOKENS_DIR, meta)
+    write_meta(layout.TOKENS_DIR, meta)
     spec = generator_spec(CODES, CLASSES, 16, dim=32, depth=1, heads=2)
-    save_generator(build_generator(spec), sample_stage.MODELS_DIR / "base", variant="base", token_meta=meta)
+    save_generator(build_generator(spec), layout.model_dir("base"), variant="base", token_meta=meta)
     return cfg, meta
 
 
 def test_stages_end_to_end(workdir, tmp_path):
     cfg, meta = workdir
-    classifier_stage.body(cfg)
+    classifier_stage.run(cfg)
     accuracy = json.loads((tmp_path / "metrics/classifier.json").read_text())["val_accuracy"]
     assert 0.0 <= accuracy <= 1.0
 
-    reference_stage.body(cfg)
+    reference_stage.run(cfg)
     info = json.loads((tmp_path / "data/reference/info.json").read_text())
     assert info["images"] == 80 and info["inception"] is False
     assert not (tmp_path / "data/reference/inception.npz").exists()
 
-    sample_stage.body(cfg, "base")
+    sample_stage.run(cfg, "base")
     split = load_split(tmp_path / "data/samples/base/samples")
     assert split.meta == meta
     assert np.bincount(split.labels, minlength=CLASSES).tolist() == [PER_CLASS] * CLASSES
@@ -81,11 +82,11 @@ def test_stages_end_to_end(workdir, tmp_path):
 
     shard = tmp_path / "data/samples/base/samples/part-00000.parquet"
     first = shard.read_bytes()
-    sample_stage.body(cfg, "base")
+    sample_stage.run(cfg, "base")
     assert shard.read_bytes() == first  # same seed, same bytes
 
-    evaluate_stage.body(cfg, "base")
-    evaluate_stage.body(cfg, "real")
+    evaluate_stage.run(cfg, "base")
+    evaluate_stage.run(cfg, "real")
     base = json.loads((tmp_path / "metrics/eval_base.json").read_text())
     real = json.loads((tmp_path / "metrics/eval_real.json").read_text())
     for result in (base, real):

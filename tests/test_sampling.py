@@ -9,25 +9,21 @@ import pytest
 import torch
 
 from pipeline.config import SampleConfig, replace
+from pipeline.images import grid_classes, grid_selection, render_grid
+from pipeline.layout import SAMPLES_SPLIT
 from pipeline.sampling import (
     DecodePlan,
     batch_generator,
     class_balanced_labels,
     counts_from_ratios,
     decode_plan,
+    generate_samples,
     guided_logits,
     maskgit_decode,
+    write_samples,
 )
 from pipeline.schedules import masked_counts
 from pipeline.shards import TokenMeta, load_split, read_meta
-from pipeline.stages.sample import (
-    SAMPLES_SPLIT,
-    generate_samples,
-    grid_classes,
-    grid_selection,
-    render_grid,
-    write_samples,
-)
 
 V, L, K = 16, 12, 4  # codebook, sequence length, classes
 MASK, NULL = V, K

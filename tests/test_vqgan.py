@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
-from pipeline.tokenizer import base, vqgan
+from pipeline.tokenizer import base, registry, vqgan
 from pipeline.tokenizer.vqgan import VQGANTokenizer, load_pretrained_vqgan
 
 # The checkpoint's modules in state-dict order: name, kind, in, out. Expansion rules (the port's):
@@ -425,11 +425,11 @@ def test_tiny_bad_checkpoints_name_the_difference(tiny, tmp_path, edit, expected
 
 
 def test_save_and_load_tokenizer_round_trip(tiny, tmp_path):
-    assert base.Tokenizer.registry["pretrained"] is VQGANTokenizer
+    assert registry.TOKENIZERS["pretrained"] is VQGANTokenizer
     fingerprint = base.save_tokenizer(tiny, tmp_path / "tok")
     config = (tmp_path / "tok" / base.CONFIG_FILE).read_text()
     assert '"kind": "pretrained"' in config
-    restored = base.load_tokenizer(tmp_path / "tok")
+    restored = registry.load_tokenizer(tmp_path / "tok")
     assert isinstance(restored, VQGANTokenizer)
     assert restored.init_args() == tiny.init_args() == {**TINY, "channels": 3}
     assert base.tokenizer_fingerprint(tmp_path / "tok") == fingerprint
