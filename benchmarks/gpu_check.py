@@ -7,7 +7,7 @@
    1000 classes) with the KA-MIG adapter on synthetic graphs, frozen backbone as in finetune, at
    ``--batch`` images per step (the per-GPU share of the preset's 2048 on 8 GPUs is 256);
 3. ``--samples`` class-balanced samples at 8 steps with CFG (the preset's sampling settings),
-   through the sample stage's own generate_samples, with the adapter's inference cache.
+   through the sample stage's own generate_samples, with the adapter's precomputed tables.
 
 Each part prints images/s (or steps/s) and the achieved TFLOP/s from the counted FLOPs of
 benchmarks/imagenet_cost.py, i.e. the utilisation the cost projection assumes. Weights are random:
@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from benchmarks.model import IMAGENET, make_models, make_train_step  # noqa: E402
 from pipeline.config import SampleConfig  # noqa: E402
 from pipeline.config import replace as replace_config  # noqa: E402
-from pipeline.stages.sample import generate_samples  # noqa: E402
+from pipeline.sampling import generate_samples  # noqa: E402
 from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
 
 # GFLOP per image, printed by benchmarks/imagenet_cost.py (torch.utils.flop_counter).
@@ -91,6 +91,7 @@ def check_training(device: torch.device, shape, steps: int) -> None:
 def check_sampling(device: torch.device, shape, samples: int, batch: int) -> None:
     _, kamig = make_models(shape)
     kamig.to(device).eval()
+    kamig.precompute()
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ Prints
    work as the base) and with the frozen backbone used by ``finetune`` - as overhead ratios
    (goal: KA-MIG at most 1.25x the base step time);
 3. the sampling forward pass (eval mode, a CFG-sized batch) of the base, KA-MIG with its
-   inference cache and KA-MIG without it (goal: cached within 1.05x of base);
+   precomputed inference tables and KA-MIG without them (goal: cached within 1.05x of base);
 4. with ``--budget``: the projected wall time of train_base + finetune@control + finetune@kamig
    for the given steps, from the measured step times.
 
@@ -31,11 +31,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from pipeline.train import mask_batch
 
+from pipeline.config import FusionConfig, ModelConfig
 from pipeline.ema import EMA
-from pipeline.model import AdapterSettings, GeneratorSpec, KnowledgeGraphs, MaskGIT, build_generator
+from pipeline.model import GeneratorSpec, KnowledgeGraphs, MaskGIT, build_generator
 from pipeline.model.knowledge import csr_from_coo
+from pipeline.training.batches import mask_batch
 
 
 @dataclass
@@ -96,11 +97,11 @@ def synthetic_graphs(shape: Shape, compatible_fraction: float = 0.4, seed: int =
 
 
 def make_models(shape: Shape) -> tuple[MaskGIT, MaskGIT]:
-    spec = GeneratorSpec(shape.codebook_size, shape.num_classes, shape.seq_len, shape.dim, shape.depth,
-                         shape.heads, dropout=shape.dropout)
+    model_cfg = ModelConfig(dim=shape.dim, depth=shape.depth, heads=shape.heads, dropout=shape.dropout)
+    spec = GeneratorSpec.from_config(model_cfg, shape.codebook_size, shape.num_classes, shape.seq_len)
     torch.manual_seed(0)
     base = MaskGIT(spec)
-    kamig = build_generator(spec, AdapterSettings(), synthetic_graphs(shape))
+    kamig = build_generator(spec, FusionConfig(), synthetic_graphs(shape))
     kamig.load_state_dict(base.state_dict(), strict=False)
     with torch.no_grad():  # as after fine-tuning: non-zero projections (same cost either way)
         for p in kamig.adapter.projections.values():
@@ -115,7 +116,7 @@ def make_models(shape: Shape) -> tuple[MaskGIT, MaskGIT]:
 
 def make_train_step(model: MaskGIT, shape: Shape, device: torch.device, trainable: set[str] | None,
                     amp: bool) -> Callable[[int], None]:
-    """One optimiser step as in pipeline.train: mask, forward, masked CE, backward, clip, AdamW, EMA."""
+    """One optimiser step as in pipeline.training: mask, forward, masked CE, backward, clip, AdamW, EMA."""
     for name, p in model.named_parameters():
         p.requires_grad_(trainable is None or name in trainable)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -145,8 +146,10 @@ def make_train_step(model: MaskGIT, shape: Shape, device: torch.device, trainabl
 def make_eval_forward(model: MaskGIT, shape: Shape, device: torch.device, amp: bool,
                       use_cache: bool = True) -> Callable[[int], None]:
     model.to(device).eval()
-    if model.adapter is not None:
-        model.adapter.use_cache = use_cache
+    if use_cache:
+        model.precompute()  # as the sampler does after loading
+    else:
+        model.release_precomputed()
     g = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, shape.codebook_size, (shape.eval_batch, shape.seq_len), generator=g)
     tokens[torch.rand(tokens.shape, generator=g) < 0.5] = model.mask_id

@@ -138,7 +138,8 @@ def time_evaluation(args, model, labels, plan, device, amp) -> None:
         classifier = load_classifier(MODELS / "classifier", device)
     size, channels = (256, 3) if args.imagenet else (28, 1)
     if classifier is None:
-        classifier = DomainClassifier(ClassifierSpec(channels, size, model.num_classes)).to(device).eval()
+        classifier = DomainClassifier(ClassifierSpec(channels, size, model.num_classes, feature_dim=128,
+                                                     width=32)).to(device).eval()
     rng = np.random.default_rng(0)
 
     def images() -> list[torch.Tensor]:

@@ -80,7 +80,8 @@ def test_save_and_load_give_the_same_outputs(tmp_path, data):
 
 @pytest.mark.parametrize(("size", "blocks"), [(28, 2), (32, 2), (16, 1), (64, 3), (256, 5)])
 def test_architecture_scales_with_the_image_size(size, blocks):
-    model = DomainClassifier(ClassifierSpec(channels=3, image_size=size, num_classes=7, feature_dim=16, width=32))
+    spec = ClassifierSpec(channels=3, image_size=size, num_classes=7, feature_dim=16, width=32)
+    model = DomainClassifier(spec)
     assert model.spec.downsamples == blocks
     features, logits = model.eval().features_and_logits(torch.rand(2, 3, size, size))
     assert features.shape == (2, 16) and logits.shape == (2, 7)
