@@ -13,8 +13,6 @@ from typing import Literal
 
 import torch
 
-ScheduleName = Literal["cosine", "arccos", "linear"]
-
 
 def cosine(r: float) -> float:
     return math.cos(math.pi / 2 * r)

@@ -198,3 +198,19 @@ def test_no_stage_imports_another_stage() -> None:
         imported = _imported_modules(path, f"pipeline.stages.{path.stem}")
         others = {m for m in imported if m.startswith("pipeline.stages.") and m != "pipeline.stages"}
         assert not others, f"{path.name} imports {sorted(others)}: stages are leaves"
+
+
+def test_params_yaml_spells_every_key() -> None:
+    # Why pipeline/config.py may be exempt above: with every key in params.yaml (which DVC tracks),
+    # no schema default ever reaches a stage of the default pipeline.
+    from pipeline.config import load_config
+
+    def keys(tree: dict, prefix: str = "") -> set[str]:
+        found = set()
+        for key, value in tree.items():
+            found |= keys(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+        return found
+
+    raw = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    resolved = load_config(REPO_ROOT / "params.yaml").to_dict()
+    assert keys(resolved) - keys(raw) == set(), "params.yaml leaves these keys to the schema's defaults"

@@ -17,17 +17,17 @@ import torch
 
 from pipeline.config import CooccurrenceConfig, GraphsConfig, config_from_dict
 from pipeline.errors import PipelineError, ShardError
-from pipeline.graphs import (
+from pipeline.graphs import pictures
+from pipeline.graphs.build import StagePaths, build_graphs
+from pipeline.graphs.cooccurrence import cooccurrence_table, count_cooccurrence
+from pipeline.graphs.similarity import similarity_graph
+from pipeline.graphs.storage import (
     COOCCURRENCE_FILE,
     POSITION_TOKEN_COUNTS_FILE,
     SIMILARITY_FILE,
     load_edges,
     load_position_token_counts,
-    pictures,
 )
-from pipeline.graphs.build import StagePaths, build_graphs
-from pipeline.graphs.cooccurrence import cooccurrence_table, count_cooccurrence
-from pipeline.graphs.similarity import similarity_graph
 from pipeline.shards import ShardWriter, TokenMeta, load_split, shard_name, token_schema, write_meta
 from pipeline.tokenizer.base import Tokenizer, save_tokenizer, tokenizer_fingerprint
 

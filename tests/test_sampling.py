@@ -152,6 +152,28 @@ def test_low_temperature_without_noise_is_greedy_on_the_most_confident():
     assert torch.equal(out, expected)
 
 
+def test_confidence_ranks_the_untempered_probabilities(monkeypatch: pytest.MonkeyPatch):
+    """The temperature tempers the draw only. Position 0's top token has the higher untempered
+    probability (0.74 vs 0.52), position 1's the higher one at temperature 4 (0.51 vs 0.23): with
+    one position left masked after the first step, MaskGIT and AutoNAT keep position 0."""
+    import pipeline.sampling.decode as decode
+
+    # No Gumbel noise: every draw is the argmax, so the test sees the confidence ranking alone.
+    monkeypatch.setattr(decode, "_gumbel", lambda shape, generator, device: torch.zeros(shape))
+    logits = torch.full((2, 8), -30.0)
+    logits[0, :] = 0.0
+    logits[0, 3] = 3.0  # one strong token among seven plain ones
+    logits[1, 5], logits[1, 6] = 2.0, 1.9  # two close candidates, nothing else
+    plan = DecodePlan(masked_after=(1, 0), temperature=(4.0, 4.0), choice_temperature=(0.0, 0.0),
+                      cfg=(0.0, 0.0))
+    after = []
+    maskgit_decode(lambda tokens, labels: logits.expand(len(tokens), -1, -1), torch.tensor([0]), seq_len=2,
+                   mask_id=8, null_class=1, plan=plan, generator=torch.Generator().manual_seed(0),
+                   on_step=lambda step, tokens: after.append(tokens.clone()))
+    assert after[0].tolist() == [[3, 8]]  # tempered confidences would have kept position 1 instead
+    assert after[1].tolist() == [[3, 5]]
+
+
 def test_strategy_arrays_replace_the_schedule_per_step():
     strategy = {"mask_ratio": [0.5, 0.25, 0.0], "cfg": [0.0, 1.0, 3.0], "temperature": [1.0, 0.5, 0.1],
                 "choice_temperature": [2.0, 1.0, 0.0]}

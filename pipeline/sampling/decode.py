@@ -5,8 +5,9 @@ Decoding starts from an all-masked sequence and runs ``T`` steps. At step ``t`` 
 1. logits of every position, with classifier-free guidance ``cond + s_t * (cond - uncond)``; the
    conditional and unconditional passes run as one batch (the null class labels the second half);
 2. a token is sampled at every masked position from ``softmax(logits / temperature_t)``;
-3. its confidence is its log-probability plus Gumbel noise scaled by the annealed choice
-   temperature ``choice_temperature * (1 - (t + 1) / T)``; already decoded positions get +inf;
+3. its confidence is its *untempered* log-probability ``log_softmax(logits)`` plus Gumbel noise
+   scaled by the choice temperature (by default annealed, ``choice_temperature * (1 - (t + 1) / T)``);
+   already decoded positions get +inf;
 4. the ``masked_after[t]`` least confident positions are masked again, the rest are kept.
 
 Since decoded positions have infinite confidence and ``masked_after`` is non-increasing, a decoded
@@ -143,9 +144,13 @@ def maskgit_decode(
         logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
         if logits.shape[:2] != (batch, seq_len):
             raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {seq_len}, V)")
-        log_probs = torch.log_softmax(logits / plan.temperature[step], dim=-1)
+        # The temperature tempers the draw only; the confidence ranks the untempered post-CFG
+        # log-probabilities, as MaskGIT and AutoNAT do (ImprovedNAT nat_misc.py, the generate loop).
+        log_probs = torch.log_softmax(logits, dim=-1)
+        temperature = plan.temperature[step]
+        tempered = log_probs if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
         # Gumbel-max: argmax(log p + g) is an exact sample from p, drawn from our generator.
-        sampled = (log_probs + _gumbel(log_probs.shape, generator, device)).argmax(dim=-1)
+        sampled = (tempered + _gumbel(tempered.shape, generator, device)).argmax(dim=-1)
         masked = tokens == mask_id
         sampled = torch.where(masked, sampled, tokens)
 
