@@ -43,6 +43,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from pipeline import layout
+
 DEFAULT_PARAMS = Path("params.yaml")
 
 
@@ -160,37 +162,55 @@ class ModelConfig(_Section):
     mlp_ratio: float = Field(4.0, gt=0.0)
     # 0 by default: on the small CPU preset dropout costs ~25% step time and the model underfits.
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    # Output head tied to the token embeddings (MaskGIT/BERT style).
+    # Output head tied to the token embeddings (MaskGIT/BERT style; the U-ViT's is always tied).
     tie_head: bool = True
+    # maskgit: pre-norm transformer (pipeline/model/transformer.py); uvit: AutoNAT's U-ViT with
+    # long skips (pipeline/model/uvit.py; depth counts in- plus out-blocks, plus one mid block).
+    arch: Literal["maskgit", "uvit"] = "maskgit"
 
 
-class TrainConfig(_Section):
+class Recipe(_Section):
+    """What a training run optimises and how: ``train`` (train_base) and ``kamig`` (the fine-tunes)
+    each have their own, because the two recipes differ (the paper fine-tunes with its own)."""
+
     steps: int = Field(2500, ge=1)
-    # The global batch (split over processes and grad_accum steps).
+    # The global batch (split over processes and train.grad_accum steps).
     batch_size: int = Field(64, ge=1)
-    grad_accum: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.95)  # AdamW
     warmup_steps: int = Field(100, ge=0)
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
-    grad_clip: float = Field(1.0, gt=0.0)
+    lr_schedule: Literal["cosine", "constant"] = "cosine"  # after the linear warmup
+    # Global gradient-norm clipping over the trainable parameters; null: none.
+    grad_clip: float | None = Field(1.0, gt=0.0)
     mask_schedule: Literal["cosine", "beta"] = "cosine"
-    mask_beta: tuple[float, float] = (12.0, 3.0)
+    mask_beta: tuple[float, float] = (12.0, 3.0)  # Beta(a, b) of the beta schedule (AutoNAT, KA-MIG)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    p_uncond: float = Field(0.1, ge=0.0, le=1.0)
+    p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # classifier-free guidance label dropout
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Recipe):
+    """``train_base``'s recipe, and how every training run is executed and checkpointed."""
+
+    grad_accum: int = Field(1, ge=1)
     # auto: bf16 on CUDA GPUs that support it, no mixed precision on CPU.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     checkpoint_every: int = Field(250, ge=1)
     log_every: int = Field(25, ge=1)
     # Validation of the final EMA weights on at most this many val images.
     val_images: int = Field(2000, ge=1)
+    # scratch: train the base model; checkpoint: import train.checkpoint (published AutoNAT
+    # weights, model.arch uvit) instead, with no training.
+    init: Literal["scratch", "checkpoint"] = "scratch"
+    # A file inside pretrained/, the folder train_base lists as a DVC dependency.
+    checkpoint: str | None = None
 
 
-class KamigConfig(_Section):
-    # Fine-tuning steps of finetune@control and finetune@kamig (the paper uses 1500).
-    steps: int = Field(500, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+class KamigConfig(Recipe):
+    """The fine-tuning recipe of ``finetune@control`` and ``finetune@kamig``."""
+
+    steps: int = Field(500, ge=1)  # the paper uses 1500
     warmup_steps: int = Field(30, ge=0)
     # true (paper): train the adapter and the output head; false: train everything.
     freeze_backbone: bool = True
@@ -314,9 +334,25 @@ def _check_consistency(cfg: Config) -> None:
         )
     if len(set(cfg.fusion.graphs)) != len(cfg.fusion.graphs):
         raise ConfigError(f"fusion.graphs lists a graph twice: {list(cfg.fusion.graphs)}")
-    a, b = cfg.train.mask_beta
-    if a <= 0 or b <= 0:
-        raise ConfigError(f"train.mask_beta must be two positive numbers (a, b), got {[a, b]}")
+    for section in ("train", "kamig"):
+        recipe = getattr(cfg, section)
+        a, b = recipe.mask_beta
+        if a <= 0 or b <= 0:
+            raise ConfigError(f"{section}.mask_beta must be two positive numbers (a, b), got {[a, b]}")
+        if any(not 0.0 <= beta < 1.0 for beta in recipe.betas):
+            raise ConfigError(f"{section}.betas must be two numbers in [0, 1), got {list(recipe.betas)}")
+    if cfg.model.arch == "uvit" and cfg.model.depth % 2:
+        raise ConfigError(f"model.depth ({cfg.model.depth}) must be even for the uvit: in- plus out-blocks")
+    if cfg.train.init == "checkpoint":
+        if cfg.model.arch != "uvit":
+            raise ConfigError("train.init 'checkpoint' imports AutoNAT weights: set model.arch to 'uvit'")
+        checkpoint = Path(cfg.train.checkpoint or "")
+        folder = layout.PRETRAINED_DIR
+        if checkpoint.parts[:1] != folder.parts or len(checkpoint.parts) < 2 or ".." in checkpoint.parts:
+            raise ConfigError(
+                f"train.checkpoint must name a file inside {folder}/ when train.init is 'checkpoint' (the "
+                f"folder train_base depends on, so a new file re-runs it), got {cfg.train.checkpoint!r}"
+            )
     strategy = cfg.sample.strategy
     if strategy is not None:
         allowed = {"mask_ratio", "temperature", "choice_temperature", "cfg"}

@@ -36,6 +36,8 @@ MODELS_DIR = Path("models")
 TOKENIZER_DIR = MODELS_DIR / "tokenizer"
 CLASSIFIER_DIR = MODELS_DIR / "classifier"
 CHECKPOINTS_DIR = Path("checkpoints")
+# Published weights a run imports (train.checkpoint); git-ignored, a DVC dependency of train_base.
+PRETRAINED_DIR = Path("pretrained")
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"

@@ -293,3 +293,52 @@ def test_training_learns_the_toy_distribution(tmp_path: Path) -> None:
     # With the class known, about V / C = 8 candidates remain per token: loss well below log(24).
     assert result.metrics["val_loss"] < np.log(V) - 0.4
     assert result.metrics["val_masked_accuracy"] > 2.0 / V
+
+
+def test_train_base_imports_a_published_backbone_and_finetune_runs_on_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train.init: checkpoint. A random checkpoint in AutoNAT's layout (reduced width and depth)
+    becomes models/base unchanged, and the fine-tunes train the adapter and mlm_layer.* on it."""
+    from pipeline.model import UViT, UViTSpec
+    from pipeline.stages import finetune, train_base
+
+    monkeypatch.chdir(tmp_path)
+    _write_tokens(tmp_path)
+    torch.manual_seed(3)
+    published = UViT(UViTSpec(codebook_size=V, num_classes=C, seq_len=L, dim=16, depth=2, heads=2))
+    (tmp_path / "pretrained").mkdir()
+    torch.save(published.state_dict(), tmp_path / "pretrained/autonat.pth")
+    cfg = config_from_dict({
+        "model": {"arch": "uvit", "dim": 16, "depth": 2, "heads": 2},
+        "train": {"init": "checkpoint", "checkpoint": "pretrained/autonat.pth", "batch_size": 8,
+                  "checkpoint_every": 2, "log_every": 2, "val_images": 16},
+        "kamig": {"steps": 3, "warmup_steps": 1, "batch_size": 8, "grad_clip": None, "betas": [0.99, 0.99]},
+    })
+    train_base.run(cfg)
+    base = load_generator(tmp_path / "models/base", expected_meta=META)
+    assert isinstance(base, UViT) and base.adapter is None
+    _assert_same_state(base, published.eval())
+    assert json.loads((tmp_path / "metrics/train_base.json").read_text())["trainable_params"] == 0
+
+    finetune.run(cfg, "kamig")
+    kamig = load_generator(tmp_path / "models/kamig", expected_meta=META)
+    assert isinstance(kamig, UViT) and kamig.adapter.depth == kamig.injection_points == 3
+    state, before = kamig.state_dict(), published.state_dict()
+    for name, value in before.items():  # the frozen backbone is bit for bit the published one
+        assert torch.equal(state[name], value) == (not name.startswith("mlm_layer.")), name
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"init": "checkpoint", "checkpoint": "pretrained/x.pth"}, "set model.arch to 'uvit'"),
+    ({"init": "checkpoint"}, "inside pretrained/"),
+])
+def test_importing_a_checkpoint_needs_the_uvit_and_a_file_in_pretrained(train: dict, message: str) -> None:
+    from pipeline.config import ConfigError
+
+    model = {"arch": "uvit"} if "checkpoint" not in train else {}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict({"model": model, "train": train})
+    for outside in ("weights/x.pth", "pretrained/../x.pth", "pretrained"):
+        with pytest.raises(ConfigError, match="inside pretrained/"):
+            config_from_dict({"model": {"arch": "uvit"}, "train": {"init": "checkpoint", "checkpoint": outside}})

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pipeline.config import FusionConfig, config_from_dict
+from pipeline.config import FusionConfig, ModelConfig, config_from_dict
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
@@ -42,6 +42,17 @@ def spec_from_architecture(architecture: dict[str, Any]) -> GeneratorSpec | UViT
     if arch != "maskgit":
         raise PipelineError(f"unknown generator architecture {arch!r} (expected 'maskgit' or 'uvit')")
     return GeneratorSpec(**{k: v for k, v in architecture.items() if k != "arch"})
+
+
+def spec_from_config(
+    model: ModelConfig, codebook_size: int, num_classes: int, seq_len: int
+) -> GeneratorSpec | UViTSpec:
+    """The architecture ``model.*`` describes for this token layout (``model.arch`` picks the class)."""
+    if model.arch == "uvit":
+        return UViTSpec(codebook_size=codebook_size, num_classes=num_classes, seq_len=seq_len,
+                        dim=model.dim, depth=model.depth, heads=model.heads, mlp_ratio=model.mlp_ratio,
+                        dropout=model.dropout)
+    return GeneratorSpec.from_config(model, codebook_size, num_classes, seq_len)
 
 
 def build_generator(

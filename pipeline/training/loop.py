@@ -2,7 +2,8 @@
 
 One optimiser step (``recipe.batch_size`` images, the *global* batch): set the learning rate; take
 the step's batch (:func:`pipeline.training.batches.step_batch`); accumulate the label-smoothed
-masked-token loss over ``grad_accum`` micro-batches; clip and step AdamW; update the EMA weights
+masked-token loss over ``grad_accum`` micro-batches; clip (unless ``grad_clip`` is null) and step
+AdamW; update the EMA weights
 (the ones that are saved and sample); log; checkpoint. The dropout RNG is re-seeded before every
 micro-batch from ``(seed, stream, step, micro-batch, rank)``, so a resumed run replays exactly
 what an uninterrupted one does.
@@ -123,7 +124,8 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
                 loss, correct, count = masked_loss(logits, part, recipe.label_smoothing)
                 accelerator.backward(loss / recipe.grad_accum)
             window.add(loss, correct, count)
-        accelerator.clip_grad_norm_([p for _, p in named], recipe.grad_clip)
+        if recipe.grad_clip is not None:
+            accelerator.clip_grad_norm_([p for _, p in named], recipe.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema.update(named)

@@ -10,8 +10,6 @@ from torch import nn
 from pipeline.config import TrainConfig
 from pipeline.errors import PipelineError
 
-ADAMW_BETAS = (0.9, 0.95)
-
 
 def configure_optimizer(named: list[tuple[str, nn.Parameter]], recipe: TrainConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: matrices and embedding tables decay, the rest does not.
@@ -23,7 +21,7 @@ def configure_optimizer(named: list[tuple[str, nn.Parameter]], recipe: TrainConf
     no_decay = [p for _, p in named if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": recipe.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=ADAMW_BETAS)
+    return torch.optim.AdamW(groups, lr=recipe.lr, betas=tuple(recipe.betas))
 
 
 def learning_rate(recipe: TrainConfig, step: int) -> float:

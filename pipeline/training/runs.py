@@ -1,11 +1,11 @@
 """The two training runs of the DAG, from params to a trained model: ``train_base`` and ``finetune``.
 
-* :func:`train_base`: MaskGIT from scratch on ``data/tokens`` with the ``train.*`` recipe. It reads
-  ``seed``, ``model.*`` and ``train.*`` only, never ``fusion.*`` or ``kamig.*``, so fine-tuning
+* :func:`train_base`: the base model (``model.arch``) from scratch on ``data/tokens`` with the
+  ``train.*`` recipe, or (``train.init: checkpoint``) imported from published AutoNAT weights. It
+  reads ``seed``, ``model.*`` and ``train.*`` only, never ``fusion.*`` or ``kamig.*``, so fine-tuning
   experiments never retrain the baseline.
 * :func:`finetune`: the base model's EMA weights plus the knowledge adapter over ``data/graphs``,
-  with the ``train.*`` recipe overridden by ``kamig.steps``, ``kamig.lr`` and
-  ``kamig.warmup_steps``. ``control`` and ``kamig`` train the same parameters on the same data
+  trained with the ``kamig.*`` recipe. ``control`` and ``kamig`` train the same parameters on the same data
   order; ``control`` forces ``fusion.weight = 0``, so it gets the extra training without any graph
   signal. ``kamig.freeze_backbone: true`` (the paper) trains the adapter and the output head's own
   layers; ``false`` trains everything.
@@ -27,23 +27,16 @@ from typing import Any
 import torch
 
 from pipeline import layout
-from pipeline.config import Config, TrainConfig, replace
+from pipeline.config import Config, Recipe, TrainConfig, replace
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
 from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs
-from pipeline.model import (
-    GeneratorSpec,
-    KnowledgeGraphs,
-    MaskGIT,
-    build_generator,
-    load_generator,
-    save_generator,
-)
-from pipeline.model.io import WEIGHTS_FILE
+from pipeline.model import KnowledgeGraphs, build_generator, count_parameters, load_generator, save_generator
+from pipeline.model.io import WEIGHTS_FILE, spec_from_config
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta, TokenSplit, list_shards, load_split, read_meta
 from pipeline.training.checkpoints import file_digest
-from pipeline.training.loop import TrainResult, TrainRun, train_generator
+from pipeline.training.loop import TrainResult, TrainRun, evaluate_masked, train_generator
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +58,8 @@ def load_token_splits(val_images: int, tokens_dir: Path = layout.TOKENS_DIR) -> 
 
 
 def finetune_recipe(cfg: Config) -> TrainConfig:
-    """``train.*`` with the fine-tuning schedule of ``kamig.*``."""
-    return replace(cfg.train, steps=cfg.kamig.steps, lr=cfg.kamig.lr, warmup_steps=cfg.kamig.warmup_steps)
+    """The ``kamig`` recipe, executed and checkpointed as ``train`` says (grad_accum, precision...)."""
+    return replace(cfg.train, **{name: getattr(cfg.kamig, name) for name in Recipe.model_fields})
 
 
 def resume_key(recipe: TrainConfig, seed: int, stream: str) -> dict[str, Any]:
@@ -83,9 +76,11 @@ def _split_digest(split_dir: Path) -> list[tuple[str, str]]:
 def train_base(cfg: Config) -> TrainResult:
     data = load_token_splits(cfg.train.val_images)
     meta = data.meta
-    spec = GeneratorSpec.from_config(cfg.model, meta.codebook_size, meta.num_classes, meta.seq_len)
+    if cfg.train.init == "checkpoint":
+        return import_base(cfg, data)
+    spec = spec_from_config(cfg.model, meta.codebook_size, meta.num_classes, meta.seq_len)
     torch.manual_seed(derive_seed(cfg.seed, "init", layout.BASE))
-    model = MaskGIT(spec)
+    model = build_generator(spec)
     run = TrainRun(
         recipe=cfg.train, seed=cfg.seed, stream=BASE_STREAM,
         checkpoint_dir=layout.checkpoint_dir(layout.BASE), live_dir=layout.live_dir(layout.BASE),
@@ -99,6 +94,32 @@ def train_base(cfg: Config) -> TrainResult:
         },
     )
     return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
+
+
+def import_base(cfg: Config, data: TokenData) -> TrainResult:
+    """The base model from published weights (``train.init: checkpoint``): no training, a check
+    that they fit the tokens, and the same masked validation as a trained base."""
+    from accelerate import PartialState
+
+    from pipeline.model.convert import import_autonat
+
+    model = import_autonat(cfg.train.checkpoint, heads=cfg.model.heads)
+    meta = data.meta
+    found = (model.codebook_size, model.num_classes, model.seq_len)
+    if found != (meta.codebook_size, meta.num_classes, meta.seq_len):
+        raise PipelineError(
+            f"{cfg.train.checkpoint} has (codebook, classes, positions) {found}, but data/tokens has "
+            f"{(meta.codebook_size, meta.num_classes, meta.seq_len)}: the weights belong to other tokens"
+        )
+    state = PartialState()
+    metrics: dict[str, float] = {"params": count_parameters(model), "adapter_params": 0,
+                                 "trainable_params": 0}
+    if state.is_main_process:
+        metrics.update(evaluate_masked(model.to(state.device), data.val, cfg.train, cfg.seed, state.device,
+                                       batch_size=max(1, min(cfg.train.batch_size, 500))))
+    log.info("imported the base model from %s (%d parameters)", cfg.train.checkpoint, metrics["params"])
+    return TrainResult(model=model.cpu().eval(), metrics=metrics, is_main_process=state.is_main_process,
+                       token_meta=meta)
 
 
 def finetune(cfg: Config, variant: str) -> TrainResult:
