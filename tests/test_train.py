@@ -341,4 +341,5 @@ def test_importing_a_checkpoint_needs_the_uvit_and_a_file_in_pretrained(train: d
         config_from_dict({"model": model, "train": train})
     for outside in ("weights/x.pth", "pretrained/../x.pth", "pretrained"):
         with pytest.raises(ConfigError, match="inside pretrained/"):
-            config_from_dict({"model": {"arch": "uvit"}, "train": {"init": "checkpoint", "checkpoint": outside}})
+            config_from_dict({"model": {"arch": "uvit"},
+                              "train": {"init": "checkpoint", "checkpoint": outside}})
