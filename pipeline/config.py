@@ -229,6 +229,9 @@ class FusionConfig(_Section):
     # 1 is the paper's "never observed". The graphs stage stores raw counts, so changing this
     # re-runs only the fine-tunes.
     min_count: int = Field(1, ge=1)
+    # The null (CFG) class's negative term: marginal, from the class-marginal counts; zero, none
+    # (the official code).
+    null_negative: Literal["marginal", "zero"] = "marginal"
 
 
 class SampleConfig(_Section):

@@ -183,6 +183,20 @@ def test_null_class_uses_class_marginal_incompatibility(graph_dir: Path) -> None
         assert set(toks[ptr[row]:ptr[row + 1]].tolist()) == union
 
 
+def test_null_negative_zero_removes_the_null_class_term_only(graph_dir: Path) -> None:
+    _, marginal = make_models(graph_dir, FusionConfig(graphs=("incompatibility",)))
+    _, zero = make_models(graph_dir, FusionConfig(graphs=("incompatibility",), null_negative="zero"))
+    randomise_adapter(marginal)
+    zero.load_state_dict(marginal.state_dict())
+    tokens, labels = batch(n=8)
+    labels[:4] = C  # half of the batch asks for the unconditional prediction
+    labels[4:] = torch.arange(4) % C
+    with torch.no_grad():
+        signals = [m.adapter(tokens, labels, m.token_embeddings)(0) for m in (marginal, zero)]
+    assert torch.all(signals[1][:4] == 0) and torch.count_nonzero(signals[0][:4]) > 0
+    assert torch.equal(signals[0][4:], signals[1][4:])
+
+
 def test_gradients_reach_every_adapter_parameter(graph_dir: Path) -> None:
     _, kamig = make_models(graph_dir)
     kamig.train()

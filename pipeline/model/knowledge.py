@@ -13,8 +13,9 @@ transformer before every block ``l``::
 * ``P[c, i]`` is the mean of the projected embeddings ``W E_t`` over the tokens t that were never
   (fewer than ``min_count`` times) seen at position i in class c: "what does not belong here".
   The null (unconditional, CFG) class uses the class-marginal statistics: t is incompatible at i
-  when its count summed over all classes is below ``min_count``. ``fusion.negative_at`` applies
-  it at all positions (official code) or at masked ones only (paper text).
+  when its count summed over all classes is below ``min_count`` (``fusion.null_negative:
+  marginal``; ``zero`` gives it no negative term, as the official code does). ``fusion.negative_at``
+  applies it at all positions (official code) or at masked ones only (paper text).
 * Every ``Z`` is its own zero-initialised linear map, per graph and per layer (the official code
   shares one between co and s; we don't), so at step 0 the adapter adds exactly zero and a
   fine-tuned model starts from the base model's function. ``w`` is ``fusion.weight``; the
@@ -286,7 +287,10 @@ class KnowledgeAdapter(nn.Module):
 
     def negative_features(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(U, L, dim): P[c, i] = mean of W E_t over the incompatible t, for c in ``classes``."""
-        return self.incompatible_mean(embeddings, classes) @ self.negative_embed  # W applied to the mean
+        features = self.incompatible_mean(embeddings, classes) @ self.negative_embed  # W applied to the mean
+        if self.fusion.null_negative == "zero":  # the official code: no negative term without a class
+            features = features * (classes != self.num_classes).to(features.dtype)[:, None, None]
+        return features
 
     def negative_layer(self, features: torch.Tensor, layer: int) -> torch.Tensor:
         """(U * (L + 1), dim): Z_l^neg(P[c, i]) flattened by class, a zero row at each class slot."""
