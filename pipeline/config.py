@@ -279,6 +279,9 @@ class EvalConfig(_Section):
     # Resize to 299 for Inception: tensorflow (the TF graph's bilinear, matches ADM's reference
     # batches) or clean (clean-fid's antialiased bicubic).
     inception_resize: Literal["tensorflow", "clean"] = "tensorflow"
+    # Inception Score (with inception): a local pt_inception-2015-12-05-*.pth (pytorch-fid's
+    # weights, with the 1008-way classifier), downloaded once by the user; null: IS stays null.
+    inception_weights: str | None = None
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
 

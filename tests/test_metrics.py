@@ -176,14 +176,13 @@ def test_manifold_membership_matches_brute_force():
 
 
 def test_inception_score_known_values():
-    uniform = np.full((100, 10), 0.1)
-    assert inception_score(uniform, splits=10)[0] == pytest.approx(1.0)
-    confident = np.eye(10)[np.arange(100) % 10]  # one-hot, every class equally often
-    mean, std = inception_score(confident, splits=10)
-    assert mean == pytest.approx(10.0, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
-    probs = softmax(np.random.default_rng(8).normal(size=(50, 7)))
-    np.testing.assert_allclose(probs.sum(1), 1.0)
-    assert 1.0 <= inception_score(probs, splits=5)[0] <= 7.0
+    # ADM's IS of logits (details in tests/test_metrics_inception.py).
+    assert inception_score(np.zeros((100, 10))) == pytest.approx(1.0)  # uniform predictions
+    confident = 50.0 * np.eye(10)[np.arange(100) % 10]  # one-hot, every class equally often
+    assert inception_score(confident) == pytest.approx(10.0, rel=1e-6)
+    logits = np.random.default_rng(8).normal(size=(50, 7))
+    np.testing.assert_allclose(softmax(logits).sum(1), 1.0)
+    assert 1.0 <= inception_score(logits, split_size=10) <= 7.0
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,11 @@
 - :mod:`pipeline.metrics.precision_recall`: Kynkäänniemi et al. k-NN manifolds (FAISS radii);
 - :mod:`pipeline.metrics.classifier`: the domain CNN (features for the domain FID, logits for
   class accuracy);
-- :mod:`pipeline.metrics.inception`: the offline TF-ported InceptionV3 (standard FID).
+- :mod:`pipeline.metrics.inception`: the offline TF-ported InceptionV3 (standard FID) and ADM's
+  Inception Score formula;
+- :mod:`pipeline.metrics.inception_pt`: the project's port of the same network in the
+  ``pt_inception-2015-12-05`` state-dict layout, whose 1008-way logits give the Inception Score
+  (``eval.inception_weights``).
 
 This module ties them together: one pass over image batches extracts every feature set
 (:func:`extract_features`), the reference features are saved and loaded as npz files
@@ -13,7 +17,9 @@ the reference into the fixed metric keys of ``metrics/eval_<variant>.json``.
 
 Feature spaces: the domain FID always uses the classifier features. Precision/recall use the
 Inception features when ``eval.inception`` is on (as ADM / MaskGIT report them on ImageNet) and
-the classifier features otherwise.
+the classifier features otherwise. The Inception Score is computed on generated (and
+``evaluate_real``) images only, from the pt_inception port's logits; the FID features stay those
+of the TorchScript extractor, so setting ``eval.inception_weights`` never changes the FIDs.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,8 +39,11 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 from pipeline.metrics.classifier import DomainClassifier, accuracy, to_unit
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats, load_stats
-from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor
+from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor, inception_score
 from pipeline.metrics.precision_recall import precision_recall
+
+if TYPE_CHECKING:
+    from pipeline.metrics.inception_pt import PtInceptionExtractor
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ class FeatureSet:
     logits: np.ndarray  # (N, K) classifier logits
     labels: np.ndarray  # (N,) true (real) or requested (generated) class
     inception: np.ndarray | None = None  # (N, 2048) pool3 features, when enabled
+    inception_logits: np.ndarray | None = None  # (N, 1008) unbiased pt_inception logits (for IS)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -73,6 +83,8 @@ class FeatureSet:
             logits=np.concatenate([p.logits for p in parts]),
             labels=np.concatenate([p.labels for p in parts]),
             inception=None if parts[0].inception is None else np.concatenate([p.inception for p in parts]),
+            inception_logits=(None if parts[0].inception_logits is None
+                              else np.concatenate([p.inception_logits for p in parts])),
         )
 
 
@@ -84,10 +96,15 @@ def extract_features(
     device: str | torch.device = "cpu",
     total: int | None = None,
     desc: str = "features",
+    inception_classifier: PtInceptionExtractor | None = None,
 ) -> FeatureSet:
-    """One pass over (uint8 images (B, C, H, W), labels (B,)) batches through every extractor."""
+    """One pass over (uint8 images (B, C, H, W), labels (B,)) batches through every extractor.
+
+    ``inception`` gives the pool3 features (FID, precision/recall); ``inception_classifier`` the
+    1008-way logits of the pt_inception port (Inception Score).
+    """
     classifier.eval()
-    domain, logits, labels, pool3 = [], [], [], []
+    domain, logits, labels, pool3, class_logits = [], [], [], [], []
     with tqdm(total=total, desc=desc, unit="img") as progress:
         for images, batch_labels in batches:
             features, z = classifier.features_and_logits(to_unit(images.to(device)))
@@ -96,6 +113,8 @@ def extract_features(
             labels.append(np.asarray(batch_labels, dtype=np.int64))
             if inception is not None:
                 pool3.append(inception(images))
+            if inception_classifier is not None:
+                class_logits.append(inception_classifier(images))
             progress.update(len(images))
     if not labels:
         raise PipelineError("no images to evaluate")
@@ -104,6 +123,7 @@ def extract_features(
         logits=np.concatenate(logits),
         labels=np.concatenate(labels),
         inception=np.concatenate(pool3) if inception is not None else None,
+        inception_logits=np.concatenate(class_logits) if inception_classifier is not None else None,
     )
 
 
@@ -186,7 +206,11 @@ def score(
     device: str | torch.device = "cpu",
     sampling_images_per_s: float | None = None,
 ) -> dict[str, float | int | None]:
-    """The fixed metric keys of ``metrics/eval_*.json`` (Inception keys null when it is off)."""
+    """The fixed metric keys of ``metrics/eval_*.json`` (Inception keys null when it is off).
+
+    ``inception_score`` is ADM's IS (:func:`pipeline.metrics.inception.inception_score`) of
+    ``generated.inception_logits``, null when those were not extracted.
+    """
     use_inception = generated.inception is not None
     if use_inception and reference.inception is None:
         raise PipelineError("Inception features were extracted but the reference has none: re-run reference")
@@ -199,12 +223,13 @@ def score(
         pr = precision_recall(reference.inception, generated.inception, k=pr_k, device=device)
     else:
         pr = precision_recall(reference.domain, generated.domain, k=pr_k, device=device)
+    score_is = None if generated.inception_logits is None else inception_score(generated.inception_logits)
     result: dict[str, float | int | None] = {
         "fid": fid,
         "fid_inception": fid_inception,
-        # The offline TF-ported Inception stops at pool3 (no classification layer): see
-        # pipeline.metrics.inception. The key stays so every eval file has the same shape.
-        "inception_score": None,
+        # Needs the pt_inception port's classifier (eval.inception_weights); null otherwise, the key
+        # stays so every eval file has the same shape.
+        "inception_score": score_is,
         "precision": pr.precision,
         "recall": pr.recall,
         "class_accuracy": accuracy(generated.logits, generated.labels),

@@ -4,6 +4,8 @@ A variant's samples are decoded by the tokenizer and quantised to uint8 like the
 ``real`` takes a fixed subset of real train images instead (the floor). Both go through the
 extractors of :mod:`pipeline.metrics.extraction` and are scored against ``data/reference`` into the
 keys of :data:`pipeline.metrics.METRIC_KEYS`, with the same numbers on one process or several.
+With ``eval.inception`` and ``eval.inception_weights``, the images also go through the
+pt_inception port (:mod:`pipeline.metrics.inception_pt`) for the Inception Score.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from pipeline.files import read_json
 from pipeline.images import quantize
 from pipeline.metrics import FeatureSet, load_reference, score
 from pipeline.metrics.classifier import DomainClassifier
-from pipeline.metrics.extraction import extract_shared, extractors, real_features
+from pipeline.metrics.extraction import extract_shared, extractors, inception_classifier, real_features
 from pipeline.metrics.inception import InceptionExtractor
 from pipeline.shards import load_split
 
 if TYPE_CHECKING:
     from accelerate import PartialState
+
+    from pipeline.metrics.inception_pt import PtInceptionExtractor
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +48,8 @@ def decoded_batches(
 
 
 def _sample_features(cfg: Config, variant: str, classifier: DomainClassifier,
-                     inception: InceptionExtractor | None, state: PartialState) -> FeatureSet | None:
+                     inception: InceptionExtractor | None, state: PartialState,
+                     is_net: PtInceptionExtractor | None = None) -> FeatureSet | None:
     from pipeline.tokenizer.base import tokenizer_fingerprint
     from pipeline.tokenizer.registry import load_tokenizer
 
@@ -60,6 +65,7 @@ def _sample_features(cfg: Config, variant: str, classifier: DomainClassifier,
                                       split.labels[items.start : items.stop], cfg.eval.batch_size,
                                       state.device),
         len(split), cfg.eval.batch_size, classifier, inception, state, desc=f"evaluate {variant}",
+        inception_classifier=is_net,
     )
 
 
@@ -78,10 +84,11 @@ def evaluate(cfg: Config, name: str, state: PartialState) -> dict[str, Any] | No
         if not sample_metrics.is_file():
             raise PipelineError(f"{sample_metrics} not found: run `dvc repro sample@{name}`")
     classifier, inception = extractors(cfg, state.device)
+    is_net = inception_classifier(cfg, state.device)  # the Inception Score's classifier, or None
     if name == layout.REAL:
-        features = real_features(cfg, classifier, inception, state)
+        features = real_features(cfg, classifier, inception, state, is_net)
     else:
-        features = _sample_features(cfg, name, classifier, inception, state)
+        features = _sample_features(cfg, name, classifier, inception, state, is_net)
     if not state.is_main_process:
         return None
     assert features is not None and reference is not None

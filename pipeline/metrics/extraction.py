@@ -31,6 +31,8 @@ from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor
 if TYPE_CHECKING:
     from accelerate import PartialState
 
+    from pipeline.metrics.inception_pt import PtInceptionExtractor
+
 log = logging.getLogger(__name__)
 
 # Subset seeds are fixed constants: the real image sets never depend on `seed`.
@@ -70,6 +72,7 @@ def extract_shared(
     inception: InceptionExtractor | None,
     state: PartialState,
     desc: str,
+    inception_classifier: PtInceptionExtractor | None = None,
 ) -> FeatureSet | None:
     """Features of items ``[0, count)``, split over the processes by whole batches.
 
@@ -82,7 +85,7 @@ def extract_shared(
         if state.num_processes > 1:
             desc = f"{desc} [{state.process_index}]"
         part = extract_features(batches_of(items), classifier, inception, state.device,
-                                total=len(items), desc=desc)
+                                total=len(items), desc=desc, inception_classifier=inception_classifier)
     parts = [p for p in gather_parts(part, state) if p is not None]
     return FeatureSet.concat(parts) if state.is_main_process else None
 
@@ -91,6 +94,21 @@ def extractors(cfg: Config, device: torch.device) -> tuple[DomainClassifier, Inc
     classifier = load_classifier(layout.CLASSIFIER_DIR, device)
     inception = InceptionExtractor(device, cfg.eval.inception_resize) if cfg.eval.inception else None
     return classifier, inception
+
+
+def inception_classifier(cfg: Config, device: torch.device) -> PtInceptionExtractor | None:
+    """The pt_inception port for the Inception Score: with eval.inception and eval.inception_weights.
+
+    Built (and its weights checked) before any long feature pass; None when IS is not computed.
+    """
+    from pipeline.metrics.inception_pt import PtInceptionExtractor
+
+    if cfg.eval.inception_weights is None:
+        return None
+    if not cfg.eval.inception:
+        log.warning("eval.inception_weights is set but eval.inception is false: no Inception Score")
+        return None
+    return PtInceptionExtractor(cfg.eval.inception_weights, device, cfg.eval.inception_resize)
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,7 +165,8 @@ def real_count(cfg: Config, num_classes: int) -> int:
 
 
 def real_features(cfg: Config, classifier: DomainClassifier, inception: InceptionExtractor | None,
-                   state: PartialState) -> FeatureSet | None:
+                   state: PartialState,
+                   inception_classifier: PtInceptionExtractor | None = None) -> FeatureSet | None:
     from pipeline.data import ImageDataset, num_classes
 
     dataset = ImageDataset(cfg, "train")
@@ -156,4 +175,5 @@ def real_features(cfg: Config, classifier: DomainClassifier, inception: Inceptio
         lambda items: dataset_batches(dataset, indices[items.start : items.stop], cfg.eval.batch_size,
                                       cfg.data.workers),
         len(indices), cfg.eval.batch_size, classifier, inception, state, desc="evaluate real",
+        inception_classifier=inception_classifier,
     )

@@ -14,9 +14,11 @@ mapped to [-1, 1) by ``x / 128 - 1``. Two resizes are offered (``eval.inception_
   ``mu``/``sigma`` npz) and published MaskGIT / KA-MIG numbers;
 - ``clean``: clean-fid's antialiased PIL bicubic resize of each float channel.
 
-The ported file stops at pool3: it has no 1008-way classification layer, so the Inception Score
-cannot be computed from it (:func:`inception_score` is implemented and used when an extractor
-provides class probabilities; :attr:`InceptionExtractor.has_logits` is False for this file).
+The ported file stops at pool3: it has no 1008-way classification layer
+(:attr:`InceptionExtractor.has_logits` is False). The Inception Score comes from
+:mod:`pipeline.metrics.inception_pt` instead, the project's own port of the same network in the
+layout of the ``pt_inception-2015-12-05-*.pth`` weights (``eval.inception_weights``), whose
+logits :func:`inception_score` turns into ADM's IS.
 """
 
 from __future__ import annotations
@@ -104,6 +106,22 @@ def resize_clean(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tens
 # --------------------------------------------------------------------------------------------
 
 
+def preprocess_uint8(images: torch.Tensor | np.ndarray, device: torch.device,
+                     resize: ResizeMode = "tensorflow") -> torch.Tensor:
+    """uint8 (B, C, H, W), C in {1, 3} -> the TF InceptionV3 input (B, 3, 299, 299) in [-1, 1)."""
+    x = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
+    if x.dtype != torch.uint8:
+        raise TypeError(f"Inception features take uint8 images (quantised like real data), got {x.dtype}")
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected (B, 1 or 3, H, W) images, got {tuple(x.shape)}")
+    x = x.to(device, torch.float32)
+    if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+        x = resize_tensorflow(x) if resize == "tensorflow" else resize_clean(x)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x / 128.0 - 1.0
+
+
 class InceptionExtractor:
     """uint8 images (B, C, H, W), C in {1, 3} -> (B, 2048) float32 pool3 features."""
 
@@ -131,17 +149,7 @@ class InceptionExtractor:
 
     def preprocess(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """uint8 (B, C, H, W) -> the network input (B, 3, 299, 299) in [-1, 1)."""
-        x = torch.as_tensor(np.asarray(images) if isinstance(images, np.ndarray) else images)
-        if x.dtype != torch.uint8:
-            raise TypeError(f"Inception features take uint8 images (quantised like real data), got {x.dtype}")
-        if x.ndim != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"expected (B, 1 or 3, H, W) images, got {tuple(x.shape)}")
-        x = x.to(self.device, torch.float32)
-        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
-            x = resize_tensorflow(x) if self.resize == "tensorflow" else resize_clean(x)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        return x / 128.0 - 1.0
+        return preprocess_uint8(images, self.device, self.resize)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -154,17 +162,40 @@ class InceptionExtractor:
 # --------------------------------------------------------------------------------------------
 
 
-def inception_score(probs: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) || p(y))), mean and std over ``splits`` equal chunks (Salimans et al.)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim != 2 or len(probs) < splits:
-        raise ValueError(f"need (n >= splits={splits}, classes) probabilities, got {probs.shape}")
+# ADM's evaluator scores consecutive chunks of this many samples: 10 splits of its 50,000 samples.
+IS_SPLIT_SIZE = 5000
+
+
+def inception_score(logits: np.ndarray, split_size: int = IS_SPLIT_SIZE) -> float:
+    """ADM's Inception Score of (N, classes) classifier logits.
+
+    As ``Evaluator.compute_inception_score`` in openai/guided-diffusion ``evaluations/evaluator.py``
+    (itself after openai/improved-gan ``inception_score/model.py``): ``p(y|x)`` is the softmax over
+    *all* the logits (the 1008 of the TF graph, unbiased: see :mod:`pipeline.metrics.inception_pt`);
+    the samples are cut, in order and without shuffling, into consecutive chunks of ``split_size``
+    (the last one shorter when ``split_size`` does not divide N; one chunk when N <= split_size);
+    each chunk scores ``exp(mean_x KL(p(y|x) || p(y)))`` with ``p(y)`` the chunk's mean prediction;
+    the IS is the plain mean over the chunks (ADM reports no standard deviation).
+
+    Computed in float64 from ``log_softmax`` (ADM takes ``np.log`` of float32 softmax outputs; the
+    difference is rounding only).
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.ndim != 2 or len(logits) == 0 or not np.isfinite(logits).all():
+        raise ValueError(f"need finite (n > 0, classes) logits, got shape {logits.shape}")
+    if split_size < 1:
+        raise ValueError(f"split_size must be positive, got {split_size}")
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     scores = []
-    for chunk in np.array_split(probs, splits):
-        marginal = chunk.mean(axis=0, keepdims=True)
-        kl = (chunk * (np.log(np.clip(chunk, 1e-12, None)) - np.log(np.clip(marginal, 1e-12, None)))).sum(1)
+    for first in range(0, len(log_p), split_size):
+        part = log_p[first : first + split_size]
+        p = np.exp(part)
+        # A class no sample gives any mass contributes 0 (not 0 * inf) to the KL.
+        log_marginal = np.log(np.maximum(p.mean(axis=0, keepdims=True), np.finfo(np.float64).tiny))
+        kl = (p * (part - log_marginal)).sum(axis=1)
         scores.append(float(np.exp(kl.mean())))
-    return float(np.mean(scores)), float(np.std(scores))
+    return float(np.mean(scores))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -175,10 +206,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 __all__ = [
     "INCEPTION_DIM",
+    "IS_SPLIT_SIZE",
     "InceptionExtractor",
     "inception_available",
     "inception_score",
     "inception_weights_path",
+    "preprocess_uint8",
     "resize_clean",
     "resize_tensorflow",
     "softmax",

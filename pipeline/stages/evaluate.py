@@ -5,7 +5,7 @@ scored against ``data/reference``; ``real`` scores real train images instead (th
 
     fid                    Fréchet distance of the domain-classifier features, samples vs reference
     fid_inception          the same on InceptionV3 pool3 features (null unless eval.inception)
-    inception_score        null: the offline Inception port has no classification layer
+    inception_score        ADM's Inception Score (null unless eval.inception and eval.inception_weights)
     precision, recall      Kynkäänniemi et al., k = eval.pr_k (Inception features when on)
     class_accuracy         the classifier's accuracy at predicting the requested class
     n_samples              images scored
