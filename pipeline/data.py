@@ -28,10 +28,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.errors import DataSourceError
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -297,10 +297,11 @@ def _scan_folder(cfg: Config, report: PrepareReport) -> tuple[list[dict], list[s
     chunk = max(1, len(paths) // (workers * 64) or 1)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            reasons = list(tqdm(pool.map(check_image_file, paths, chunksize=chunk), total=len(paths),
-                                desc="prepare: checking images", unit="img"))
+            reasons = list(progress_bar(pool.map(check_image_file, paths, chunksize=chunk), total=len(paths),
+                                        desc="prepare: checking images", unit="img"))
     else:
-        reasons = [check_image_file(p) for p in tqdm(paths, desc="prepare: checking images", unit="img")]
+        reasons = [check_image_file(p)
+                   for p in progress_bar(paths, desc="prepare: checking images", unit="img")]
     rows, counters = [], Counter()
     for (path, label, split), reason in zip(listed, reasons):
         if reason is not None:

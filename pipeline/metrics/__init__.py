@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
@@ -35,6 +34,7 @@ from pipeline.metrics.classifier import DomainClassifier, accuracy, to_unit
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats, load_stats
 from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor
 from pipeline.metrics.precision_recall import precision_recall
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def extract_features(
     """One pass over (uint8 images (B, C, H, W), labels (B,)) batches through every extractor."""
     classifier.eval()
     domain, logits, labels, pool3 = [], [], [], []
-    with tqdm(total=total, desc=desc, unit="img") as progress:
+    with progress_bar(total=total, desc=desc, unit="img") as progress:
         for images, batch_labels in batches:
             features, z = classifier.features_and_logits(to_unit(images.to(device)))
             domain.append(features.float().cpu().numpy())

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from pipeline.config import TokenizerConfig
+from pipeline.progress import progress_bar
 from pipeline.tokenizer.base import Tokenizer
 from pipeline.tokenizer.vqvae import VQVAE
 
@@ -67,7 +67,7 @@ def train_vqvae(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     losses = []
-    progress = tqdm(range(cfg.steps), desc="tokenizer: training", unit="step")
+    progress = progress_bar(range(cfg.steps), desc="tokenizer: training", unit="step")
     for _ in progress:
         images = next(batches).to(device)
         recon, _, commitment = model(images, generator)
