@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # from vl-convert-python's bundled vega / vega-lite / vega-embed; git-ignored.
 PLOTS_TEMPLATE := .dvc/offline_plots.html
 
-.PHONY: repro test setup data lint bench plots clean-venv
+.PHONY: repro test setup data lint bench plots push pull clean-venv
 
 repro: setup data
 	source $(BIN)/activate && python -m pipeline.config check && dvc repro
@@ -47,6 +47,11 @@ lint: setup
 # dvc_plots/index.html, drawn with no network access (scripts/screenshot_plots.sh pictures it).
 plots: setup
 	$(BIN)/dvc plots show
+
+# Share data, models and metrics through the default DVC remote (README "Sharing results"), after
+# checking that it is configured and reachable; more dvc flags: make push ARGS="-j 4".
+push pull: setup
+	$(BIN)/python scripts/dvc_remote.py $@ $(ARGS)
 
 bench: setup
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
