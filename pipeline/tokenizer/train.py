@@ -78,7 +78,9 @@ def train_vqvae(
         scheduler.step()
         losses.append(loss.item())
         if len(losses) % 25 == 0:
-            progress.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+            # refresh=False: shown at the bar's next refresh (a forced one would print a line
+            # every 25 steps in a log, with a stale step count)
+            progress.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", refresh=False)
     return losses
 
 
