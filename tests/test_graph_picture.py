@@ -104,9 +104,9 @@ def test_frequent_uniform_patches_are_not_chosen():
 def test_unmeasured_tokens_are_not_chosen_and_too_few_informative_ones_are_filled_up():
     totals = np.array([100, 90, 80, 70, 60, 50, 40, 30])
     detail = np.full(8, np.nan)
-    detail[[0, 1, 2, 3]] = [0.0, 0.001, 0.3, 0.05]  # 4..7 never decoded
-    # Median of the measured is 0.0255: 2 (0.3) and 3 (0.05) pass; the third is the more detailed
-    # of the flat rest (1, not 0).
+    detail[[0, 1, 2, 3]] = [0.0, 0.001, 0.3, 0.06]  # 4..7 never decoded
+    # Above MIN_DETAIL (and the median, 0.03): 2 and 3; the third is the more detailed of the
+    # flat rest (1, not 0).
     assert pictures.choose_example_tokens(totals, 3, detail) == [2, 3, 1]
     assert pictures.choose_example_tokens(totals, 1, detail) == [2]
 
