@@ -13,8 +13,11 @@ TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.3$(comma)<2.15,torch==2.13.0)
 EXTRAS ?= $(if $(HAS_GPU),dev$(comma)inception$(comma)gpu,dev$(comma)inception)
 comma := ,
 STAMP := $(VENV)/.installed
+# The offline page template of `dvc plots show` (.dvc/config: plots.html_template), generated
+# from vl-convert-python's bundled vega / vega-lite / vega-embed; git-ignored.
+PLOTS_TEMPLATE := .dvc/offline_plots.html
 
-.PHONY: repro test setup data lint bench clean-venv
+.PHONY: repro test setup data lint bench plots push pull clean-venv
 
 repro: setup data
 	source $(BIN)/activate && python -m pipeline.config check && dvc repro
@@ -22,7 +25,7 @@ repro: setup data
 test: setup data
 	$(BIN)/python -m pytest
 
-setup: $(STAMP)
+setup: $(STAMP) $(PLOTS_TEMPLATE)
 
 # Re-installs only when pyproject.toml changes: running `make` twice is cheap.
 $(STAMP): pyproject.toml
@@ -32,11 +35,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
+$(PLOTS_TEMPLATE): scripts/plots_template.py $(STAMP)
+	$(BIN)/python scripts/plots_template.py
+
 data: setup
 	$(BIN)/python scripts/ensure_data.py
 
 lint: setup
 	$(BIN)/ruff check .
+
+# dvc_plots/index.html, drawn with no network access (scripts/screenshot_plots.sh pictures it).
+plots: setup
+	$(BIN)/dvc plots show
+
+# Share data, models and metrics through the default DVC remote (README "Sharing results"), after
+# checking that it is configured and reachable; more dvc flags: make push ARGS="-j 4".
+push pull: setup
+	$(BIN)/python scripts/dvc_remote.py $@ $(ARGS)
 
 bench: setup
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

@@ -28,11 +28,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
-from tqdm import tqdm
 
 from pipeline import layout
 from pipeline.config import Config
 from pipeline.errors import DataSourceError
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +174,53 @@ def synthetic_image(
 # --------------------------------------------------------------------------------------------
 
 
+INT32_MAX = 2**31 - 1
+
+
+def high_depth_to_uint8(image: Image.Image) -> np.ndarray:
+    """A single-channel image of more than 8 bits (PIL modes ``I;16*``, ``I``, ``F``) on 0..255.
+
+    Pillow's own ``convert("L")``/``convert("RGB")`` clips these at 255 instead of scaling them,
+    which turns a typical 16-bit scan almost entirely white. The conventions here:
+
+    * ``I;16``, ``I;16L``, ``I;16B``, ``I;16N`` (unsigned 16-bit): ``round(v * 255 / 65535)``,
+      i.e. ``round(v / 257)``, so 0 -> 0, 65535 -> 255 and ``257 * k`` -> ``k`` exactly.
+    * ``I`` (signed 32-bit): Pillow hands 16-bit data (PNG, PGM, 16-bit TIFF) over in this mode too,
+      so an image whose values all lie in 0..65535 is read on the 16-bit scale, as above. One with
+      a larger value is taken to use the whole positive int32 range: ``round(v * 255 / (2**31 - 1))``.
+      Negative values are clipped to 0.
+    * ``F`` (32-bit float): values all within [0, 1] are the usual float-image convention and are
+      scaled by 255; otherwise they are taken to be on the 0..255 scale already (Pillow's own
+      convention for ``F``) and clipped to it. NaN becomes 0.
+    """
+    values = np.asarray(image)
+    if image.mode.startswith("I;16"):
+        return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if image.mode == "I":
+        wide = np.clip(values.astype(np.int64), 0, None)
+        if wide.size == 0 or wide.max() <= 65535:
+            return ((wide + 128) // 257).astype(np.uint8)
+        return np.round(wide * (255.0 / INT32_MAX)).astype(np.uint8)
+    if image.mode == "F":
+        floats = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+        if floats.size and floats.min() >= 0.0 and floats.max() <= 1.0:
+            floats = floats * 255.0
+        return np.round(np.clip(floats, 0.0, 255.0)).astype(np.uint8)
+    raise ValueError(f"not a high-bit-depth single-channel mode: {image.mode}")
+
+
+def is_high_depth(mode: str) -> bool:
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB; transparency is composited onto white, not dropped to black."""
+    """Convert any PIL mode to RGB; transparency is composited onto white, not dropped to black.
+
+    16- and 32-bit single-channel images are scaled to 8 bits (:func:`high_depth_to_uint8`), not
+    clipped; 8-bit modes convert exactly as PIL converts them.
+    """
+    if is_high_depth(image.mode):
+        return Image.fromarray(high_depth_to_uint8(image)).convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
@@ -298,10 +343,11 @@ def _scan_folder(cfg: Config, report: PrepareReport) -> tuple[list[dict], list[s
     chunk = max(1, len(paths) // (workers * 64) or 1)
     if workers > 1 and len(paths) > 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            reasons = list(tqdm(pool.map(check_image_file, paths, chunksize=chunk), total=len(paths),
-                                desc="prepare: checking images", unit="img"))
+            reasons = list(progress_bar(pool.map(check_image_file, paths, chunksize=chunk), total=len(paths),
+                                        desc="prepare: checking images", unit="img"))
     else:
-        reasons = [check_image_file(p) for p in tqdm(paths, desc="prepare: checking images", unit="img")]
+        reasons = [check_image_file(p)
+                   for p in progress_bar(paths, desc="prepare: checking images", unit="img")]
     rows, counters = [], Counter()
     for (path, label, split), reason in zip(listed, reasons):
         if reason is not None:

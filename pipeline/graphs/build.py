@@ -119,8 +119,8 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
                                           cfg.similarity.alpha, cfg.similarity.index, use_gpu)
             write_table(out / SIMILARITY_FILE, similarity.table)
 
-        co = _columns(cooccurrence, ("src", "dst", "count"))
-        sim = _columns(similarity.table, ("src", "dst", "distance"))
+        co = _columns(cooccurrence, ("src", "dst", "count", "weight"))
+        sim = _columns(similarity.table, ("src", "dst", "distance", "weight"))
         with timer.part("metrics"):
             co_metrics = graph_metrics(co["src"], co["dst"], vocab)
             sim_metrics = graph_metrics(sim["src"], sim["dst"], vocab)
@@ -184,6 +184,8 @@ def _picture(cfg: GraphsConfig, paths: StagePaths, fingerprint: str, counts: Cor
     if found != fingerprint:
         raise PipelineError(f"tokenizer {paths.tokenizer_dir} has fingerprint {found}, but the tokens were "
                             f"made by {fingerprint}: re-run `dvc repro tokenize`")
-    tokens = pictures.choose_example_tokens(counts.token_totals, cfg.num_examples)
-    rows = pictures.example_rows(tokens, counts.token_totals, co, sim)
+    # Frequent but not flat: the most frequent patches are background (see pictures).
+    detail = pictures.measure_detail(tokenizer, counts.token_totals) if cfg.num_examples else None
+    tokens = pictures.choose_example_tokens(counts.token_totals, cfg.num_examples, detail)
+    rows = pictures.example_rows(tokens, counts.token_totals, co, sim, detail)
     pictures.draw_neighbours(tokenizer, rows, paths.picture)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.graphs.cooccurrence import count_forward, symmetrise
 from pipeline.graphs.source import TokenSource, iter_batches
+from pipeline.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def count_corpus(source: TokenSource, neighbourhood: int) -> CorpusCounts:
     forward = np.zeros((vocab, vocab), dtype=np.int64)
     positions = np.zeros((meta.seq_len, vocab), dtype=np.int64)
     classes = np.zeros(meta.num_classes, dtype=np.int64)
-    bar = tqdm(total=source.used_rows, desc="co-occurrence counts", unit="img", unit_scale=True)
+    bar = progress_bar(total=source.used_rows, desc="co-occurrence counts", unit="img", unit_scale=True)
     with bar:
         for batch in iter_batches(source):
             grids = batch.tokens.reshape(-1, meta.grid_h, meta.grid_w)

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from pipeline.graphs.source import TokenSource, subsample_expr
 from pipeline.graphs.storage import POSITION_TOKEN_COUNTS_SCHEMA, TableWriter, table_from_columns
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def count_position_tokens(source: TokenSource, path: Path, groups_per_pass: int,
     observed = compatible = 0
     writer = TableWriter(path, POSITION_TOKEN_COUNTS_SCHEMA)
     try:
-        for labels in tqdm(ranges, desc="position-token counts (label ranges)", unit="pass",
-                           disable=len(ranges) == 1):
+        for labels in progress_bar(ranges, desc="position-token counts (label ranges)", unit="pass",
+                                   disable=len(ranges) == 1):
             query = position_keys_query(source, None if len(ranges) == 1 else labels)
             frame = query.collect(engine="streaming")
             key = frame.get_column("key").to_numpy().astype(np.int64)

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
@@ -41,6 +40,7 @@ from pipeline.metrics.classifier import DomainClassifier, accuracy, to_unit
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats, load_stats
 from pipeline.metrics.inception import INCEPTION_DIM, InceptionExtractor, inception_score
 from pipeline.metrics.precision_recall import precision_recall
+from pipeline.progress import progress_bar
 
 if TYPE_CHECKING:
     from pipeline.metrics.inception_pt import PtInceptionExtractor
@@ -105,7 +105,7 @@ def extract_features(
     """
     classifier.eval()
     domain, logits, labels, pool3, class_logits = [], [], [], [], []
-    with tqdm(total=total, desc=desc, unit="img") as progress:
+    with progress_bar(total=total, desc=desc, unit="img") as progress:
         for images, batch_labels in batches:
             features, z = classifier.features_and_logits(to_unit(images.to(device)))
             domain.append(features.float().cpu().numpy())

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.config import ClassifierConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
+from pipeline.progress import progress_bar
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
@@ -134,7 +134,7 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=settings.lr, total_steps=settings.steps, pct_start=0.15
     )
-    progress = tqdm(total=settings.steps, desc="classifier", unit="step")
+    progress = progress_bar(total=settings.steps, desc="classifier", unit="step")
     iterator = iter(batches)
     for _ in range(settings.steps):
         images, labels = next(iterator)

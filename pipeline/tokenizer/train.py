@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm import tqdm
 
 from pipeline.config import Config, TokenizerConfig
 from pipeline.images import quantize, render_grid
+from pipeline.progress import progress_bar
 from pipeline.seeds import seed_everything
 from pipeline.tokenizer.base import Tokenizer
 from pipeline.tokenizer.vqvae import VQVAE
@@ -70,7 +70,7 @@ def train_vqvae(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
     losses = []
-    progress = tqdm(range(cfg.steps), desc="tokenizer: training", unit="step")
+    progress = progress_bar(range(cfg.steps), desc="tokenizer: training", unit="step")
     for _ in progress:
         images = next(batches).to(device)
         recon, _, commitment = model(images, generator)
@@ -81,7 +81,9 @@ def train_vqvae(
         scheduler.step()
         losses.append(loss.item())
         if len(losses) % 25 == 0:
-            progress.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}")
+            # refresh=False: shown at the bar's next refresh (a forced one would print a line
+            # every 25 steps in a log, with a stale step count)
+            progress.set_postfix(loss=f"{np.mean(losses[-25:]):.4f}", refresh=False)
     return losses
 
 

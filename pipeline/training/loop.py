@@ -137,7 +137,8 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
             progress.history.append(row)
             if live is not None:
                 live.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.tokens_per_s:.0f}")
+            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.tokens_per_s:.0f}",
+                            refresh=False)  # shown at the bar's next refresh: no extra log lines
         if progress.step % recipe.checkpoint_every == 0 or progress.step == recipe.steps:
             progress.window = window.totals()
             checkpoints.save(progress.step)
