@@ -7,7 +7,12 @@
    1000 classes) with the KA-MIG adapter on synthetic graphs, frozen backbone as in finetune, at
    ``--batch`` images per step (the per-GPU share of the preset's 2048 on 8 GPUs is 256);
 3. ``--samples`` class-balanced samples at 8 steps with CFG (the preset's sampling settings),
-   through the sample stage's own generate_samples, with the adapter's precomputed tables.
+   through the sample stage's own generate_samples, with the adapter's precomputed tables;
+4. the paper's route: a random checkpoint in AutoNAT-L's published layout (full size) through the
+   importer (``pipeline.model.convert``), then ``--autonat-steps`` bf16 fine-tune steps with the
+   adapter (official recipe: AdamW 1e-4, betas 0.99, no clipping; adapter and mlm_layer trained)
+   at ``--batch`` images, and ``--autonat-samples`` images with the AutoNAT-L-T8 strategy of
+   ``configs/autonat_l_t8.yaml``.
 
 Each part prints images/s (or steps/s) and the achieved TFLOP/s from the counted FLOPs of
 benchmarks/imagenet_cost.py, i.e. the utilisation the cost projection assumes. Weights are random:
@@ -112,6 +117,78 @@ def check_sampling(device: torch.device, shape, samples: int, batch: int) -> Non
           f"{result.images_per_s:,.0f} images/s ({n * passes * FORWARD / result.seconds / 1e3:.1f} TFLOP/s)")
 
 
+def check_autonat(device: torch.device, steps: int, batch: int, samples: int, smoke: bool) -> None:
+    import tempfile
+
+    import torch.nn.functional as F
+    import yaml
+
+    from benchmarks.model import synthetic_graphs
+    from pipeline.config import FusionConfig
+    from pipeline.model import UViT, UViTSpec, build_generator
+    from pipeline.model.convert import import_autonat
+    from pipeline.training.batches import mask_batch
+
+    spec = UViTSpec(dim=64, depth=2, heads=2, num_classes=10) if smoke else UViTSpec()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "nnet_ema.pth"
+        torch.save(UViT(spec).state_dict(), path)
+        started = time.perf_counter()
+        backbone = import_autonat(path, heads=spec.heads)
+        print(f"autonat import: {sum(p.numel() for p in backbone.parameters()):,} parameters "
+              f"({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s")
+    shape = dataclasses.replace(IMAGENET, num_classes=spec.num_classes, dim=spec.dim)
+    model = build_generator(backbone.spec, FusionConfig(), synthetic_graphs(shape))
+    model.load_state_dict(backbone.state_dict(), strict=False)
+    del backbone
+    named = [(n, p) for n, p in model.named_parameters() if n.startswith(("adapter.", model.head_prefix))]
+    model.requires_grad_(False)
+    for _, p in named:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW([p for _, p in named], lr=1e-4, betas=(0.99, 0.99), weight_decay=0.0)
+    model.to(device).train()
+    amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, spec.codebook_size, (batch, spec.seq_len), generator=g)
+    labels = torch.randint(0, spec.num_classes, (batch,), generator=g)
+
+    def step(i: int) -> None:
+        masked = mask_batch(tokens, labels, torch.Generator().manual_seed(i), mask_schedule="beta",
+                            mask_beta=(12.0, 3.0), p_uncond=0.15, mask_id=model.mask_id,
+                            null_class=model.null_class).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(masked.inputs, masked.labels)
+        loss = F.cross_entropy(logits[masked.mask].float(), masked.targets[masked.mask], label_smoothing=0.1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step(0)  # warm-up
+    seconds = timed(lambda: [step(1 + i) for i in range(steps)], device)
+    print(f"autonat finetune (adapter + mlm_layer, bf16 {amp}): {steps} steps x {batch} in {seconds:.1f} s = "
+          f"{steps / seconds:.2f} steps/s, {steps * batch / seconds:,.0f} images/s")
+    if device.type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+
+    model.eval()
+    model.precompute()
+    preset = yaml.safe_load((_HERE.parent / "configs" / "autonat_l_t8.yaml").read_text())["sample"]
+    per_class = max(1, samples // spec.num_classes)
+    cfg = replace_config(SampleConfig(), steps=preset["steps"], strategy=preset["strategy"],
+                         per_class=per_class, batch_size=min(250, per_class * spec.num_classes))
+
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            return model(tokens, labels)
+
+    result = generate_samples(logits_fn, num_classes=spec.num_classes, seq_len=spec.seq_len,
+                              mask_id=model.mask_id, null_class=model.null_class, sample_cfg=cfg, seed=0,
+                              device=device)
+    print(f"autonat T8 sampling (KA-MIG, CFG from the strategy): {len(result.labels)} images in "
+          f"{result.seconds:.1f} s = {result.images_per_s:,.0f} images/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=512)
@@ -120,6 +197,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--sample-batch", type=int, default=250)
+    parser.add_argument("--autonat-steps", type=int, default=300)
+    parser.add_argument("--autonat-samples", type=int, default=500)
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run: the script works")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -128,6 +207,7 @@ def main() -> None:
     if args.smoke:
         shape = dataclasses.replace(shape, dim=64, depth=2, heads=2, batch=4, num_classes=10)
         args.images, args.tokenize_batch, args.steps, args.samples, args.sample_batch = 4, 2, 2, 20, 10
+        args.autonat_steps, args.autonat_samples = 2, 20
         size = 64
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -138,6 +218,7 @@ def main() -> None:
     check_tokenizer(device, args.images, args.tokenize_batch, size)
     check_training(device, shape, args.steps)
     check_sampling(device, shape, args.samples, args.sample_batch)
+    check_autonat(device, args.autonat_steps, shape.batch, args.autonat_samples, args.smoke)
 
 
 if __name__ == "__main__":

@@ -214,6 +214,9 @@ class KamigConfig(Recipe):
     warmup_steps: int = Field(30, ge=0)
     # true (paper): train the adapter and the output head; false: train everything.
     freeze_backbone: bool = True
+    # The fine-tunes' own seed (data order, masks, dropout; the base model is `seed`'s), so a
+    # sweep over it re-uses one base model, as the paper fine-tunes one pretrained backbone.
+    seed: int = Field(0, ge=0)
 
 
 GraphName = Literal["cooccurrence", "similarity", "incompatibility"]
@@ -235,6 +238,8 @@ class FusionConfig(_Section):
 
 
 class SampleConfig(_Section):
+    # The sampling seed: a sweep over it re-uses the trained models.
+    seed: int = Field(0, ge=0)
     steps: int = Field(8, ge=1)
     schedule: Literal["cosine", "arccos", "linear"] = "cosine"
     per_class: int = Field(100, ge=1)
@@ -269,6 +274,8 @@ class EvalConfig(_Section):
     inception: bool = False
     batch_size: int = Field(250, ge=1)
     pr_k: int = Field(3, ge=1)
+    # Bootstrap resamples of the generated features behind fid_se (0: no standard error).
+    bootstrap: int = Field(200, ge=0)
     # Real train images scored by evaluate_real (the floor); null: as many as one variant samples.
     real_samples: int | None = Field(None, ge=1)
     # Reference statistics: the real split, or an ADM / pytorch-fid npz (mu, sigma) for Inception.

@@ -45,7 +45,9 @@ def existing_names() -> set[str]:
 
 def overrides(seed: int, weight: float = 1.0, graphs: tuple[str, ...] = GRAPHS) -> list[str]:
     """All grid params, explicitly: a workspace experiment starts from the previous one's params."""
-    return [f"seed={seed}", f"fusion.weight={weight}", f"fusion.graphs=[{','.join(graphs)}]"]
+    # One grid seed drives the base model, the fine-tunes and the sampling together.
+    return [f"seed={seed}", f"kamig.seed={seed}", f"sample.seed={seed}", f"fusion.weight={weight}",
+            f"fusion.graphs=[{','.join(graphs)}]"]
 
 
 def grid(seeds: list[int], weights: list[float], ablation: bool, baseline_seed: int

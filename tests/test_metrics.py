@@ -232,3 +232,16 @@ def test_score_uses_inception_features_and_npz_statistics_when_on(tmp_path, monk
     result = score(_feature_set(rng, 40, with_inception=True), reference, pr_k=3)
     assert result["fid_inception"] > 16 * 20  # mean 0 vs 5 in 16 dims dominates
     assert result["inception_score"] is None
+
+
+def test_bootstrap_standard_error_of_the_fid_shrinks_with_the_sample_size():
+    from pipeline.metrics import bootstrap_fid_se
+
+    rng = np.random.default_rng(0)
+    reference = feature_stats(rng.normal(size=(4000, 8)))
+    small, large = rng.normal(0.2, 1.0, size=(250, 8)), rng.normal(0.2, 1.0, size=(4000, 8))
+    se_small, se_large = bootstrap_fid_se(small, reference, 100), bootstrap_fid_se(large, reference, 100)
+    assert se_small == bootstrap_fid_se(small, reference, 100)  # deterministic for a seed
+    assert se_small != bootstrap_fid_se(small, reference, 100, seed=1)
+    # Sixteen times the samples: about a quarter of the noise (1 / sqrt(16)), well below half.
+    assert 0 < se_large < 0.5 * se_small

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 METRIC_KEYS = (
     "fid",
+    "fid_se",
     "fid_inception",
     "inception_score",
     "precision",
@@ -205,8 +206,12 @@ def score(
     pr_k: int,
     device: str | torch.device = "cpu",
     sampling_images_per_s: float | None = None,
+    bootstrap: int = 0,
 ) -> dict[str, float | int | None]:
     """The fixed metric keys of ``metrics/eval_*.json`` (Inception keys null when it is off).
+
+    ``fid_se`` is the bootstrap standard error of ``fid`` over ``bootstrap`` resamples of the
+    generated features (null when 0): the sampling noise of this number, not of the model.
 
     ``inception_score`` is ADM's IS (:func:`pipeline.metrics.inception.inception_score`) of
     ``generated.inception_logits``, null when those were not extracted.
@@ -226,6 +231,7 @@ def score(
     score_is = None if generated.inception_logits is None else inception_score(generated.inception_logits)
     result: dict[str, float | int | None] = {
         "fid": fid,
+        "fid_se": bootstrap_fid_se(generated.domain, reference.domain_stats, bootstrap) if bootstrap else None,
         "fid_inception": fid_inception,
         # Needs the pt_inception port's classifier (eval.inception_weights); null otherwise, the key
         # stays so every eval file has the same shape.
@@ -240,8 +246,21 @@ def score(
     return result
 
 
+def bootstrap_fid_se(features: np.ndarray, reference: GaussianStats, draws: int, seed: int = 0) -> float:
+    """Standard deviation of the FID over ``draws`` resamples (with replacement) of ``features``.
+
+    The reference statistics stay fixed: this measures how much the score moves with the
+    particular generated images drawn, at this sample size. Deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(features)
+    fids = [fid_from_stats(feature_stats(features[rng.integers(0, n, n)]), reference) for _ in range(draws)]
+    return float(np.std(fids, ddof=1)) if draws > 1 else float("nan")
+
+
 __all__ = [
     "METRIC_KEYS",
+    "bootstrap_fid_se",
     "FeatureSet",
     "Reference",
     "extract_features",

@@ -93,7 +93,8 @@ def evaluate(cfg: Config, name: str, state: PartialState) -> dict[str, Any] | No
         return None
     assert features is not None and reference is not None
     throughput = None if sample_metrics is None else float(read_json(sample_metrics)["images_per_s"])
-    metrics = score(features, reference, cfg.eval.pr_k, state.device, sampling_images_per_s=throughput)
+    metrics = score(features, reference, cfg.eval.pr_k, state.device, sampling_images_per_s=throughput,
+                    bootstrap=cfg.eval.bootstrap)
     log.info("evaluate %s: %s", name, ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in metrics.items()))
     return metrics

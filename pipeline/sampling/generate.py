@@ -2,7 +2,7 @@
 
 ``sample.per_class`` samples of every class, class-major (all of class 0, then class 1, ...),
 decoded in batches of ``sample.batch_size``. Batch ``b`` draws from a generator seeded by
-(``seed``, ``b``) (:func:`batch_generator`), so the tokens depend on ``seed``, the ``sample.*``
+(``sample.seed``, ``b``) (:func:`batch_generator`), so the tokens depend on the ``sample.*``
 params and the model only, and a batch's samples do not depend on which batches ran before it.
 Under several processes (``accelerate launch`` / ``torchrun``, :mod:`pipeline.launch`) each one
 decodes a contiguous block of batches and the main process gathers the blocks in order, so the
@@ -146,7 +146,7 @@ def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialSta
     batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
     part = generate_samples(
         logits_fn, num_classes=meta.num_classes, seq_len=meta.seq_len, mask_id=model.mask_id,
-        null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.seed, device=device,
+        null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.sample.seed, device=device,
         batches=batches,
         desc="sampling" if state.num_processes == 1 else f"sampling [{state.process_index}]",
     )

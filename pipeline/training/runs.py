@@ -146,11 +146,11 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
         trainable = names
     recipe = finetune_recipe(cfg)
     run = TrainRun(
-        recipe=recipe, seed=cfg.seed, stream=FINETUNE_STREAM, trainable=tuple(trainable),
+        recipe=recipe, seed=cfg.kamig.seed, stream=FINETUNE_STREAM, trainable=tuple(trainable),
         checkpoint_dir=layout.checkpoint_dir(variant), live_dir=layout.live_dir(variant), desc=variant,
         fingerprint={
             "stage": f"finetune@{variant}",
-            "settings": resume_key(recipe, cfg.seed, FINETUNE_STREAM),
+            "settings": resume_key(recipe, cfg.kamig.seed, FINETUNE_STREAM),
             "adapter": fusion.to_dict(),
             "trainable": trainable,
             "tokens": asdict(meta),
