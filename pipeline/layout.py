@@ -6,8 +6,13 @@ Every path is relative to the DVC project root, where ``dvc repro`` runs the sta
 Generator variants:
 
 * ``base``: MaskGIT trained from scratch (``train_base``);
-* ``control``: base + the adapter, fine-tuned with ``fusion.weight`` forced to 0 (no graph signal);
-* ``kamig``: base + the adapter, fine-tuned with the knowledge graphs.
+* ``control``: base + the adapter, fine-tuned with ``fusion.weight`` forced to 0: a head-only
+  fine-tune, since the adapter then gets no gradient;
+* ``permuted``: the null control. Exactly ``kamig``'s adapter, recipe and weight, on graphs whose
+  knowledge is destroyed and statistics kept (one fixed permutation of the vocabulary);
+  ``permuted - control`` is the effect of the adapter's capacity;
+* ``kamig``: base + the adapter, fine-tuned with the knowledge graphs; ``kamig - permuted`` is the
+  effect of the knowledge.
 
 ``real`` is not a generator: ``evaluate_real`` scores real train images (the floor).
 """
@@ -18,9 +23,10 @@ from pathlib import Path
 
 BASE = "base"
 CONTROL = "control"
+PERMUTED = "permuted"  # the null control (a YAML-safe name: `null` is YAML's None)
 KAMIG = "kamig"
 REAL = "real"
-FINETUNE_VARIANTS = (CONTROL, KAMIG)
+FINETUNE_VARIANTS = (CONTROL, PERMUTED, KAMIG)
 GENERATOR_VARIANTS = (BASE, *FINETUNE_VARIANTS)
 
 DATA_DIR = Path("data")

@@ -52,7 +52,7 @@ def test_repro_runs_every_stage_and_writes_the_contract(repo):
     flat = train["tokens"].explode()
     assert flat.min() >= 0 and flat.max() < meta["codebook_size"]
     assert pl.scan_parquet(str(path / "data/tokens/val/*.parquet")).collect().height == 128
-    for variant in ("base", "control", "kamig", "real"):
+    for variant in ("base", "control", "permuted", "kamig", "real"):
         metrics = json.loads((path / f"metrics/eval_{variant}.json").read_text())
         assert set(metrics) == EVAL_KEYS
         assert metrics["fid"] >= 0
@@ -79,10 +79,13 @@ def test_bytecode_and_kernel_caches_do_not_change_code_dependencies(repo):
     assert "Data and pipelines are up to date" in status.stdout, status.stdout
 
 
-def test_fusion_weight_experiment_reruns_only_the_kamig_branch(repo):
+def test_fusion_weight_experiment_reruns_only_the_branches_that_read_it(repo):
     path, _ = repo
     result = run(["dvc", "exp", "run", "-S", "fusion.weight=0.5"], path)
-    assert stages_run(result.stdout) == {"finetune@kamig", "sample@kamig", "evaluate@kamig"}
+    # KA-MIG and its null control (the same adapter and weight on permuted graphs); never the
+    # base model or the head-only control.
+    assert stages_run(result.stdout) == {f"{stage}@{variant}" for stage in ("finetune", "sample", "evaluate")
+                                         for variant in ("kamig", "permuted")}
 
     diff = run(["dvc", "metrics", "diff", "--json"], path)
     changed = json.loads(diff.stdout)

@@ -10,8 +10,8 @@ of those finished repositories:
   resumes and ends with the very same weights (DVC sees the same hash, so nothing downstream
   re-runs and ``dvc status`` is clean);
 - bad params through ``dvc exp run -S``: refused before any stage does work, with a clear message;
-  a typo added with ``+`` is caught once ``finetune@kamig`` lists ``fusion`` whole (the change to
-  dvc.yaml this module applies to its copies where needed);
+  a typo added with ``+`` is caught once ``finetune@kamig`` (and its null control) lists
+  ``fusion`` whole (the change to dvc.yaml this module applies to its copies where needed);
 - mismatched artefacts: a generator whose vocabulary no longer matches the token shards.
 """
 
@@ -42,7 +42,13 @@ TIMING_KEYS = frozenset({"seconds", "train_seconds", "images_per_s", "tokens_per
 # spent and Python's unseeded `random` state (nothing in the loop draws from it).
 TIMING_OUTPUTS = ("checkpoints/",)
 UP_TO_DATE = "Data and pipelines are up to date."
-KAMIG_OUTPUTS = ("models/kamig", "checkpoints/kamig", "metrics/train_kamig.json", "metrics/live/train_kamig")
+# The fine-tunes that read fusion.weight: the KA-MIG model and its null control.
+FUSION_READERS = ("permuted", "kamig")
+
+
+def training_outputs(variant: str) -> tuple[str, ...]:
+    return (f"models/{variant}", f"checkpoints/{variant}", f"metrics/train_{variant}.json",
+            f"metrics/live/train_{variant}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,7 +233,8 @@ def test_typo_in_set_param_is_refused_by_dvc(repo: Path) -> None:
 
 def assert_refused_before_work(repo: Path, result: subprocess.CompletedProcess, before: dict[str, bytes],
                                message: str) -> None:
-    """Only finetune@kamig started, its loader refused the params, and nothing was written.
+    """Only one fine-tune that reads fusion.weight started, its loader refused the params, and
+    nothing was written.
 
     DVC itself deletes a stage's outputs before running its command (they stay in the cache):
     the refused stage's outputs may be missing, but never changed or half-written, and
@@ -235,12 +242,14 @@ def assert_refused_before_work(repo: Path, result: subprocess.CompletedProcess, 
     """
     out = output_of(result)
     assert result.returncode != 0
-    assert stages_run(result.stdout) == ["finetune@kamig"], out[-3000:]
-    assert f"error: invalid parameters, stage 'finetune@kamig' did not start: params.yaml: {message}" in out
+    started = stages_run(result.stdout)
+    assert len(started) == 1 and started[0] in {f"finetune@{v}" for v in FUSION_READERS}, out[-3000:]
+    assert f"error: invalid parameters, stage '{started[0]}' did not start: params.yaml: {message}" in out
     assert "Traceback" not in out
     after = workspace(repo)
     changed = {name for name in before.keys() | after.keys() if before.get(name) != after.get(name)}
-    assert changed - {"params.yaml"} <= {name for name in before if name.startswith(KAMIG_OUTPUTS)}
+    outputs = training_outputs(started[0].split("@")[1])
+    assert changed - {"params.yaml"} <= {name for name in before if name.startswith(outputs)}
     assert all(name not in after for name in changed - {"params.yaml"})  # deleted by DVC, not rewritten
     assert temp_leftovers(repo) == []
     run(["git", "checkout", "--", "."], repo)
@@ -270,22 +279,26 @@ def test_added_typo_key_is_refused_because_kamig_lists_all_of_fusion(repo: Path)
         repo, result, before, "unknown key 'fusion.wieght' (did you mean 'fusion.weight'?)"
     )
 
-    # The change keeps the point of listing keys per stage: a fusion experiment re-runs only kamig.
+    # The change keeps the point of listing keys per stage: a fusion experiment re-runs only the
+    # branches that read the weight (KA-MIG and its null control), never the base or the control.
     result = run(["dvc", "exp", "run", "-S", "fusion.weight=0.5"], repo)
-    assert stages_run(result.stdout) == ["finetune@kamig", "sample@kamig", "evaluate@kamig"]
+    assert set(stages_run(result.stdout)) == {f"{stage}@{v}" for stage in ("finetune", "sample", "evaluate")
+                                              for v in FUSION_READERS}
 
 
 def fusion_params_of(dvc_yaml: dict[str, Any], variant: str) -> list[str]:
     finetune = dvc_yaml["stages"]["finetune"]
     item = finetune["foreach"][variant]
-    return [p.replace("${item.weight_param}", item["weight_param"]) for p in finetune["do"]["params"]]
+    return [p.replace("${item.fusion_params}", item["fusion_params"]) for p in finetune["do"]["params"]]
 
 
 def test_dvc_yaml_kamig_lists_the_whole_fusion_section() -> None:
     """Without it, `dvc exp run -S +fusion.wieght=0.5` re-runs nothing and the typo goes unnoticed."""
     dvc_yaml = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())
-    assert "fusion" in fusion_params_of(dvc_yaml, "kamig")
-    assert "fusion.weight" not in fusion_params_of(dvc_yaml, "control")
+    for variant in FUSION_READERS:
+        assert "fusion" in fusion_params_of(dvc_yaml, variant)
+    control = fusion_params_of(dvc_yaml, "control")
+    assert "fusion.weight" not in control and "fusion" not in control
 
 
 # --------------------------------------------------------------------------------------------

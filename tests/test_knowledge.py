@@ -354,3 +354,30 @@ def test_graph_files_with_out_of_range_tokens_are_rejected(graph_dir: Path) -> N
     with pytest.raises(PipelineError, match="not found"):
         load_knowledge_graphs(graph_dir / "missing", codebook_size=V, num_classes=C, seq_len=L,
                               graphs=("cooccurrence", "similarity", "incompatibility"), min_count=1)
+
+
+def test_permuted_graphs_keep_every_statistic_and_break_the_token_correspondence(graph_dir: Path) -> None:
+    from pipeline.graphs.storage import permuted
+
+    data = load_knowledge_graphs(graph_dir, codebook_size=V, num_classes=C, seq_len=L,
+                                 graphs=("cooccurrence", "similarity", "incompatibility"), min_count=1)
+    perm = np.random.default_rng(0).permutation(V)
+    shuffled = permuted(data, perm)
+    for name, (src, dst, weight) in data.edges.items():
+        dense = np.zeros((V, V), np.float32)
+        dense[src, dst] = weight
+        s_src, s_dst, s_weight = shuffled.edges[name]
+        relabelled = np.zeros((V, V), np.float32)
+        relabelled[s_src, s_dst] = s_weight
+        assert np.array_equal(relabelled, dense[np.ix_(perm, perm)])  # A'[i, j] = A[pi(i), pi(j)]
+        assert sorted(np.bincount(src, minlength=V)) == sorted(np.bincount(s_src, minlength=V))
+        assert not np.array_equal(relabelled, dense)
+    ptr = data.compatible_ptr
+    assert np.array_equal(shuffled.compatible_ptr, ptr)  # the same count per (class, position)
+    for row in range(len(ptr) - 1):
+        original = set(data.compatible_tokens[ptr[row]:ptr[row + 1]].tolist())
+        assert {int(perm[t]) for t in shuffled.compatible_tokens[ptr[row]:ptr[row + 1]]} == original
+    # The inverse permutation gives the mined graphs back.
+    restored = permuted(shuffled, np.argsort(perm))
+    for name in data.edges:
+        assert all(np.array_equal(a, b) for a, b in zip(restored.edges[name], data.edges[name]))

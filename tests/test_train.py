@@ -247,10 +247,10 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
         "fusion": {"weight": 0.5},
     })
     train_base.run(cfg)
-    finetune.run(cfg, "control")
-    finetune.run(cfg, "kamig")
+    for variant in ("control", "permuted", "kamig"):
+        finetune.run(cfg, variant)
 
-    variants = ("base", "control", "kamig")
+    variants = ("base", "control", "permuted", "kamig")
     metrics = {v: json.loads((tmp_path / f"metrics/train_{v}.json").read_text()) for v in variants}
     keys = {"loss", "val_loss", "val_masked_accuracy", "params", "adapter_params", "tokens_per_s"}
     for values in metrics.values():
@@ -258,11 +258,12 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
         assert all(np.isfinite(v) for v in values.values())
     assert metrics["base"]["adapter_params"] == 0 < metrics["kamig"]["adapter_params"]
     assert metrics["control"]["trainable_params"] == metrics["kamig"]["trainable_params"]
-    for variant in ("base", "control", "kamig"):
+    assert metrics["permuted"]["trainable_params"] == metrics["kamig"]["trainable_params"]
+    for variant in variants:
         assert (tmp_path / f"metrics/live/train_{variant}/plots/metrics/train/loss.tsv").is_file()
 
-    base, control, kamig = (load_generator(tmp_path / "models" / v, expected_meta=META)
-                            for v in ("base", "control", "kamig"))
+    base, control, permuted, kamig = (load_generator(tmp_path / "models" / v, expected_meta=META)
+                                      for v in variants)
     assert base.adapter is None
     assert float(control.adapter.fusion_weight) == 0.0 and float(kamig.adapter.fusion_weight) == 0.5
     # Frozen backbone (the default): both fine-tunes keep the base backbone bit for bit.
@@ -274,6 +275,12 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
     # Without graph signal the control's projections get no gradient and stay exactly zero.
     assert torch.count_nonzero(control.adapter.projections["similarity"]) == 0
     assert torch.count_nonzero(kamig.adapter.projections["similarity"]) > 0
+    # The null control: the same weight and statistics, other token labels on the graph nodes.
+    assert float(permuted.adapter.fusion_weight) == 0.5
+    weights = [m.adapter.similarity_weight.sort().values for m in (permuted, kamig)]
+    assert torch.equal(*weights)
+    assert not torch.equal(permuted.adapter.similarity_col, kamig.adapter.similarity_col)
+    assert torch.equal(permuted.adapter.compatible_ptr, kamig.adapter.compatible_ptr)
 
     # A repeated run with the same params finds its final checkpoint: same weights, no retraining.
     before = load_file(str(tmp_path / "models/kamig/model.safetensors"))

@@ -239,6 +239,27 @@ class KnowledgeGraphData:
     compatible_tokens: np.ndarray | None = None
 
 
+def permuted(data: KnowledgeGraphData, permutation: np.ndarray) -> KnowledgeGraphData:
+    """The graphs with their token ids relabelled by ``permutation`` (a permutation of the vocabulary).
+
+    ``A'[i, j] = A[pi(i), pi(j)]`` for every operator, and the compatible sets become
+    ``{pi^-1(t)}``: every degree, weight and per-(class, position) density is kept exactly, and only
+    the correspondence between graph nodes and real tokens is broken. The ``permuted`` (null)
+    variant's graphs.
+    """
+    inverse = np.empty_like(permutation)
+    inverse[permutation] = np.arange(len(permutation))
+    result = KnowledgeGraphData(data.codebook_size, data.num_classes, data.seq_len)
+    for name, (src, dst, weight) in data.edges.items():
+        src, dst = inverse[src], inverse[dst]
+        order = np.lexsort((dst, src))
+        result.edges[name] = (src[order], dst[order], weight[order])
+    if data.compatible_ptr is not None:
+        tokens = inverse[data.compatible_tokens.astype(np.int64)].astype(data.compatible_tokens.dtype)
+        result.compatible_ptr, result.compatible_tokens = data.compatible_ptr, tokens
+    return result
+
+
 def _check_range(path: Path, name: str, values: np.ndarray, upper: int) -> None:
     if values.size and (values.min() < 0 or values.max() >= upper):
         raise PipelineError(

@@ -5,10 +5,12 @@
   reads ``seed``, ``model.*`` and ``train.*`` only, never ``fusion.*`` or ``kamig.*``, so fine-tuning
   experiments never retrain the baseline.
 * :func:`finetune`: the base model's EMA weights plus the knowledge adapter over ``data/graphs``,
-  trained with the ``kamig.*`` recipe. ``control`` and ``kamig`` train the same parameters on the same data
-  order; ``control`` forces ``fusion.weight = 0``, so it gets the extra training without any graph
-  signal. ``kamig.freeze_backbone: true`` (the paper) trains the adapter and the output head's own
-  layers; ``false`` trains everything.
+  trained with the ``kamig.*`` recipe. ``control``, ``permuted`` and ``kamig`` train the same
+  parameters on the same data order; ``control`` forces ``fusion.weight = 0`` (a head-only
+  fine-tune: the adapter gets no gradient), ``permuted`` uses the graphs relabelled by one fixed
+  permutation of the vocabulary (:func:`pipeline.graphs.storage.permuted`: the adapter's capacity
+  without its knowledge). ``kamig.freeze_backbone: true`` (the paper) trains the adapter and the
+  output head's own layers; ``false`` trains everything.
 
 Both resume from ``checkpoints/<variant>/`` when it holds a checkpoint of the same run definition
 (its fingerprint: the recipe, the architecture and digests of every input), so ``dvc repro``
@@ -24,13 +26,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline import layout
 from pipeline.config import Config, Recipe, TrainConfig, replace
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs
+from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs, permuted
 from pipeline.model import KnowledgeGraphs, build_generator, count_parameters, load_generator, save_generator
 from pipeline.model.io import WEIGHTS_FILE, spec_from_config
 from pipeline.seeds import derive_seed
@@ -41,7 +44,9 @@ from pipeline.training.loop import TrainResult, TrainRun, evaluate_masked, train
 log = logging.getLogger(__name__)
 
 BASE_STREAM = "base"
-FINETUNE_STREAM = "finetune"  # control and kamig share it: the same data order and masks
+FINETUNE_STREAM = "finetune"  # every fine-tune shares it: the same data order and masks
+# The permuted (null) variant's one fixed relabelling of the vocabulary: a constant, not a param.
+NULL_PERMUTATION_SEED = 20251115
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,9 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
     graphs = load_knowledge_graphs(layout.GRAPHS_DIR, codebook_size=meta.codebook_size,
                                    num_classes=meta.num_classes, seq_len=meta.seq_len, graphs=fusion.graphs,
                                    min_count=fusion.min_count)
+    if variant == layout.PERMUTED:
+        relabelling = np.random.default_rng(NULL_PERMUTATION_SEED).permutation(meta.codebook_size)
+        graphs = permuted(graphs, relabelling)
     model = build_generator(base.spec, fusion, KnowledgeGraphs.from_data(graphs))
     missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
     if unexpected or any(not name.startswith("adapter.") for name in missing):
