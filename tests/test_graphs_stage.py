@@ -430,3 +430,14 @@ def test_self_weight_mean_of_a_normalised_operator():
     dst = np.array([0, 1, 1, 2])
     weight = np.array([0.5, 0.5, 1.0, 1.0])
     assert self_weight_mean(src, dst, weight, np.array([True, True, False])) == pytest.approx(0.75)
+
+
+def test_max_row_sum_of_a_normalised_operator(tmp_path, corpus):
+    from pipeline.graphs.stats import max_row_sum
+
+    assert max_row_sum(np.array([0, 0, 1, 2]), np.array([0.5, 0.9, 1.0, 0.2]), 3) == pytest.approx(1.4)
+    labels, tokens = corpus
+    paths, metrics = run(tmp_path / "out", write_tokens(tmp_path / "tokens", labels, tokens))
+    for graph in ("cooccurrence", "similarity"):
+        assert metrics[graph]["max_row_sum"] > 0
+        assert json.loads(paths.metrics_file.read_text())[graph]["max_row_sum"] == metrics[graph]["max_row_sum"]

@@ -36,7 +36,13 @@ from pipeline.graphs.counting import CorpusCounts, count_corpus
 from pipeline.graphs.positions import count_position_tokens
 from pipeline.graphs.similarity import faiss_gpu_available, similarity_graph
 from pipeline.graphs.source import open_source
-from pipeline.graphs.stats import degree_histogram, graph_metrics, self_weight_mean, write_degree_csv
+from pipeline.graphs.stats import (
+    degree_histogram,
+    graph_metrics,
+    max_row_sum,
+    self_weight_mean,
+    write_degree_csv,
+)
 from pipeline.graphs.storage import (
     COOCCURRENCE_FILE,
     POSITION_TOKEN_COUNTS_FILE,
@@ -127,7 +133,9 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
             occurring = counts.token_totals > 0
             for summary, file in ((co_metrics, COOCCURRENCE_FILE), (sim_metrics, SIMILARITY_FILE)):
                 # The complete operator as the model loads it (the similarity diagonal is implicit).
-                summary["self_weight_mean"] = self_weight_mean(*load_edges(out / file), occurring)
+                src, dst, weight = load_edges(out / file)
+                summary["self_weight_mean"] = self_weight_mean(src, dst, weight, occurring)
+                summary["max_row_sum"] = max_row_sum(src, weight, vocab)
             histograms = {
                 "cooccurrence": degree_histogram(co["src"], co["dst"], vocab),
                 "similarity": degree_histogram(sim["src"], sim["dst"], vocab),

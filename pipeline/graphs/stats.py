@@ -70,6 +70,12 @@ def self_weight_mean(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, occur
     return float(diagonal[occurring].mean()) if occurring.any() else 0.0
 
 
+def max_row_sum(src: np.ndarray, weight: np.ndarray, num_nodes: int) -> float:
+    """The largest row sum of a normalised operator: above 1, three GCN layers amplify that token
+    (with D^-1/2 A D^-1/2 of a directed graph, hubs can exceed 1)."""
+    return float(np.bincount(src, weights=weight, minlength=num_nodes).max()) if num_nodes else 0.0
+
+
 def degree_histogram(src: np.ndarray, dst: np.ndarray, num_nodes: int) -> np.ndarray:
     """Number of tokens with undirected degree 0, 1, 2, ..."""
     return np.bincount(degrees(undirected_graph(np.asarray(src), np.asarray(dst), num_nodes)))
