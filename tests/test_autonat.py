@@ -348,19 +348,19 @@ def test_missing_key_is_named(tiny_state: dict, tmp_path: Path) -> None:
     del tiny_state["out_blocks.1.skip_linear.bias"]
     del tiny_state["mlm_layer.bias"]
     message = import_error(tiny_state, tmp_path)
-    assert "missing keys: out_blocks.1.skip_linear.bias, mlm_layer.bias" in message
+    assert "2 missing: out_blocks.1.skip_linear.bias, mlm_layer.bias" in message
 
 
 def test_unexpected_key_is_named(tiny_state: dict, tmp_path: Path) -> None:
     tiny_state["in_blocks.0.attn.qkv.bias"] = torch.zeros(48)  # a qkv_bias=True port
     message = import_error(tiny_state, tmp_path)
-    assert "unexpected keys: in_blocks.0.attn.qkv.bias" in message and "missing" not in message
+    assert "1 unexpected: in_blocks.0.attn.qkv.bias" in message and "missing" not in message
 
 
 def test_wrong_shape_is_named(tiny_state: dict, tmp_path: Path) -> None:
     tiny_state["mlm_layer.bias"] = torch.zeros(13)
     message = import_error(tiny_state, tmp_path)
-    assert "wrong shapes: mlm_layer.bias (13,) (expected (1, 1, 13))" in message
+    assert "1 wrong shape: mlm_layer.bias (13,) (expected (1, 1, 13))" in message
 
 
 def test_other_layout_errors(tiny_state: dict, tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_cli_as_module(tiny_state: dict, tmp_path: Path) -> None:
                str(tmp_path / "ckpt.pth"), str(tmp_path / "out"), "--heads", "2"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert result.stderr == ("error: checkpoint does not match the AutoNAT U-ViT layout: wrong shapes: "
+    assert result.stderr == ("error: checkpoint does not match the AutoNAT U-ViT layout: 1 wrong shape: "
                              "in_blocks.1.attn.qkv.weight (48, 8) (expected (48, 16))\n")
 
 
@@ -411,7 +411,7 @@ def test_cli_tokens_meta(tiny_state: dict, tmp_path: Path, capsys: pytest.Captur
 
 def test_check_state_lists_every_difference() -> None:
     expected = {"a": (2,), "b": (3,), "c": (4,)}
-    with pytest.raises(PipelineError, match=r"missing keys: b; unexpected keys: z; wrong shapes: c \(5,\)"):
+    with pytest.raises(PipelineError, match=r"1 missing: b; 1 unexpected: z; 1 wrong shape: c \(5,\)"):
         check_state({"a": torch.zeros(2), "c": torch.zeros(5), "z": torch.zeros(1)}, expected)
 
 

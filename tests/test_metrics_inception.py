@@ -131,14 +131,14 @@ def test_bad_state_dicts_name_every_difference(tmp_path):
     state["fc.weight"] = torch.empty(1000, 2048, device="meta")  # torchvision's 1000 classes
     state["AuxLogits.fc.weight"] = torch.empty(1000, 768, device="meta")
     problems = "; ".join(layout_differences(state))
-    assert "missing 1 key(s): Mixed_6b.branch7x7_2.conv.weight" in problems
-    assert "unexpected 1 key(s): AuxLogits.fc.weight" in problems
+    assert "1 missing: Mixed_6b.branch7x7_2.conv.weight" in problems
+    assert "1 unexpected: AuxLogits.fc.weight" in problems
     assert "fc.weight (1000, 2048) (expected (1008, 2048))" in problems
 
     # Through the loader: a (small) wrong file, an unreadable one and a missing one.
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.bias": torch.zeros(1000)}, wrong)
-    expected = r"missing 471 key\(s\).*fc.bias \(1000,\) \(expected \(1008,\)\)"
+    expected = r"471 missing.*fc.bias \(1000,\) \(expected \(1008,\)\)"
     with pytest.raises(PipelineError, match=expected):
         load_pt_inception(wrong)
     garbage = tmp_path / "garbage.pth"

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
+from pipeline.state_dicts import layout_differences as state_dict_differences
 from pipeline.metrics.inception import INCEPTION_DIM, ResizeMode, preprocess_uint8
 
 INCEPTION_CLASSES = 1008
@@ -259,27 +260,11 @@ def pt_inception_layout() -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith(_OPTIONAL_SUFFIX)}
 
 
-def _listed(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
 def layout_differences(state: Mapping[str, torch.Tensor]) -> list[str]:
-    """What keeps ``state`` from being a pt_inception state dict (empty when it is one)."""
-    expected = pt_inception_layout()
-    found = {k: tuple(v.shape) for k, v in state.items() if not k.endswith(_OPTIONAL_SUFFIX)}
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected]
-    wrong = [f"{k} {found[k]} (expected {expected[k]})" for k in expected
-             if k in found and found[k] != expected[k]]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} key(s): {_listed(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)} key(s): {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape for {len(wrong)} key(s): {_listed(wrong)}")
-    return problems
+    """What keeps ``state`` from being a pt_inception state dict (empty when it is one); the
+    BatchNorm counters are optional (files saved before torch 0.4.1 lack them)."""
+    found = {k: v for k, v in state.items() if not k.endswith(_OPTIONAL_SUFFIX)}
+    return state_dict_differences(pt_inception_layout(), found)
 
 
 def load_pt_inception(path: str | Path) -> FIDInceptionV3:

@@ -42,6 +42,7 @@ from pipeline.errors import PipelineError
 from pipeline.model.io import save_generator
 from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.shards import META_FILE, TokenMeta, read_meta
+from pipeline.state_dicts import layout_differences
 
 AUTONAT_FINGERPRINT = "imported:autonat"
 AUTONAT_HEADS = 8  # AutoNAT-L, configs/AutoNAT_L.yaml (spec §1.2); not stored in the weights
@@ -123,21 +124,7 @@ def autonat_spec(state: Mapping[str, torch.Tensor], heads: int = AUTONAT_HEADS) 
 
 def check_state(state: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> None:
     """Raise :class:`PipelineError` listing every missing, unexpected and wrongly shaped key."""
-    missing = [k for k in expected if k not in state]
-    unexpected = sorted(k for k in state if k not in expected)
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {expected[k]})"
-             for k in expected if k in state and tuple(state[k].shape) != expected[k]]
-    not_float = sorted(f"{k} ({state[k].dtype})" for k in expected
-                       if k in state and not state[k].is_floating_point())
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {_names(wrong)}")
-    if not_float:
-        problems.append(f"non-floating tensors: {_names(not_float)}")
+    problems = layout_differences(expected, state, floating=True)
     if problems:
         raise PipelineError("checkpoint does not match the AutoNAT U-ViT layout: " + "; ".join(problems))
 

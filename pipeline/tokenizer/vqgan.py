@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import PipelineError
+from pipeline.state_dicts import layout_differences
 from pipeline.tokenizer.base import Tokenizer
 
 # The port normalises with 32 groups everywhere, so every level's width must be a multiple of 32.
@@ -39,7 +40,6 @@ NORM_EPS = 1e-6
 # so memory stays flat however many images a batch holds.
 QUANTIZE_CHUNK_ROWS = 4096
 # How many differences a bad-checkpoint error lists per category.
-MAX_LISTED = 10
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -332,7 +332,7 @@ def load_pretrained_vqgan(path: str | Path, **arch: Any) -> VQGANTokenizer:
         raise PipelineError(f"VQGAN checkpoint {path} holds a {type(loaded).__name__}, not a state dict")
 
     model = VQGANTokenizer(**arch)
-    problems = state_dict_differences(model.state_dict(), loaded)
+    problems = layout_differences({k: tuple(v.shape) for k, v in model.state_dict().items()}, loaded)
     if problems:
         raise PipelineError(
             f"VQGAN checkpoint {path} does not match the MaskGIT VQGAN architecture:\n  "
@@ -340,31 +340,3 @@ def load_pretrained_vqgan(path: str | Path, **arch: Any) -> VQGANTokenizer:
         )
     model.load_state_dict(loaded, strict=True)
     return model.eval()
-
-
-def state_dict_differences(expected: Mapping[str, torch.Tensor], found: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines for missing keys, unexpected keys and shape mismatches (empty: match)."""
-    missing = [key for key in expected if key not in found]
-    unexpected = [key for key in found if key not in expected]
-    mismatched = []
-    for key, reference in expected.items():
-        if key not in found:
-            continue
-        value = found[key]
-        if not isinstance(value, torch.Tensor):
-            mismatched.append(
-                f"{key}: expected a tensor {tuple(reference.shape)}, found {type(value).__name__}"
-            )
-        elif value.shape != reference.shape:
-            mismatched.append(f"{key}: expected {tuple(reference.shape)}, found {tuple(value.shape)}")
-    lines = []
-    for label, items in (
-        ("missing keys", missing),
-        ("unexpected keys", unexpected),
-        ("wrong shapes", mismatched),
-    ):
-        if items:
-            shown = items[:MAX_LISTED]
-            more = f" (first {MAX_LISTED} shown)" if len(items) > MAX_LISTED else ""
-            lines.append(f"{len(items)} {label}{more}: " + "; ".join(shown))
-    return lines
