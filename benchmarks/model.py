@@ -210,7 +210,7 @@ def report_params(base: MaskGIT, kamig: MaskGIT) -> None:
     adapter_params = sum(p.numel() for p in adapter.parameters())
     buffers = adapter.graph_buffer_numel()
     buffer_bytes = sum(b.numel() * b.element_size() for n, b in adapter.named_buffers()
-                       if n != "fusion_weight" and "_transpose_" not in n)
+                       if "_transpose_" not in n)
     print("parameters")
     print(f"  backbone        {backbone:>12,}")
     print(f"  adapter         {adapter_params:>12,}  ({adapter_params / backbone:.1%} of the backbone)")

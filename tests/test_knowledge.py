@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import FusionConfig
+from pipeline.config import FusionConfig, replace
 from pipeline.errors import PipelineError
 from pipeline.graphs.storage import load_knowledge_graphs
 from pipeline.model import (
@@ -111,7 +111,7 @@ def test_fusion_weight_zero_gives_exactly_the_base_logits(graph_dir: Path) -> No
         assert torch.equal(base(tokens, labels), kamig(tokens, labels))
     # ... while the same adapter with weight 1 does change them: the test above can fail.
     with torch.no_grad():
-        kamig.adapter.fusion_weight.fill_(1.0)
+        kamig.adapter.fusion = replace(kamig.adapter.fusion, weight=1.0)
     assert not torch.allclose(base(tokens, labels), kamig(tokens, labels))
 
 
@@ -330,7 +330,8 @@ def test_saved_kamig_model_is_self_contained(graph_dir: Path, tmp_path: Path) ->
     loaded = load_generator(tmp_path / "kamig", expected_meta=meta)
     assert not loaded.training
     assert loaded.adapter.fusion == kamig.adapter.fusion
-    assert float(loaded.adapter.fusion_weight) == pytest.approx(0.7)
+    assert loaded.adapter.fusion.weight == pytest.approx(0.7)
+    assert not any("fusion" in name for name in loaded.state_dict())  # the weight is stored once
     assert loaded.adapter.graph_buffer_numel() == kamig.adapter.graph_buffer_numel() > 0
     assert (loaded.mask_id, loaded.null_class, loaded.codebook_size, loaded.num_classes, loaded.seq_len) == (
         V, C, V, C, L)

@@ -265,7 +265,7 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
     base, control, permuted, kamig = (load_generator(tmp_path / "models" / v, expected_meta=META)
                                       for v in variants)
     assert base.adapter is None
-    assert float(control.adapter.fusion_weight) == 0.0 and float(kamig.adapter.fusion_weight) == 0.5
+    assert control.adapter.fusion.weight == 0.0 and kamig.adapter.fusion.weight == 0.5
     # Frozen backbone (the default): both fine-tunes keep the base backbone bit for bit.
     base_state = base.state_dict()
     for model in (control, kamig):
@@ -276,7 +276,7 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
     assert torch.count_nonzero(control.adapter.projections["similarity"]) == 0
     assert torch.count_nonzero(kamig.adapter.projections["similarity"]) > 0
     # The null control: the same weight and statistics, other token labels on the graph nodes.
-    assert float(permuted.adapter.fusion_weight) == 0.5
+    assert permuted.adapter.fusion.weight == 0.5
     weights = [m.adapter.similarity_weight.sort().values for m in (permuted, kamig)]
     assert torch.equal(*weights)
     assert not torch.equal(permuted.adapter.similarity_col, kamig.adapter.similarity_col)

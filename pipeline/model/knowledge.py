@@ -207,7 +207,6 @@ class KnowledgeAdapter(nn.Module):
         self.precompute_bytes = precompute_bytes
         self.tables: torch.Tensor | None = None  # (depth, rows, dim) after precompute()
 
-        self.register_buffer("fusion_weight", torch.tensor(float(fusion.weight)))
         self.positive = [g for g in POSITIVE_GRAPHS if g in fusion.graphs]
         self.negative = "incompatibility" in fusion.graphs
         self.gcn = nn.ModuleDict()
@@ -243,7 +242,7 @@ class KnowledgeAdapter(nn.Module):
     def graph_buffer_numel(self) -> int:
         """Elements of the graph buffers saved with the model."""
         return sum(b.numel() for name, b in self.named_buffers()
-                   if name != "fusion_weight" and "_transpose_" not in name)
+                   if "_transpose_" not in name)
 
     def _adjacency(self, name: str) -> torch.Tensor:
         crow, col, weight = (getattr(self, f"{name}_{part}") for part in ("crow", "col", "weight"))
@@ -306,7 +305,8 @@ class KnowledgeAdapter(nn.Module):
             parts.append(positive[layer])
         if negative is not None:
             parts.append(-self.negative_layer(negative, layer))
-        return self.fusion_weight * torch.cat(parts)
+        # fusion.weight is stored once, in config.json (the model's ``adapter`` entry).
+        return self.fusion.weight * torch.cat(parts)
 
     def _fusion_index(self, tokens: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
         """(B * (L + 1), k) rows of the fusion table summed at each position (k = 1 or 2).
