@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.config import config_from_dict
 from pipeline.data import ImageDataset, check_image_file, high_depth_to_uint8, load_folder_image, to_rgb
-from pipeline.stages.prepare import prepare
+from pipeline.stages.prepare import run as prepare
 
 SIZE = 16
 
