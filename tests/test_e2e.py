@@ -1,7 +1,7 @@
 """End to end: the whole DAG through DVC on the tiny preset, in a temporary copy of the repository.
 
 This is what a researcher does: `dvc repro`, a second `dvc repro` that does nothing, then
-`dvc exp run -S fusion.weight=0.5`, which must re-run only the KA-MIG branch, and
+`dvc exp run -S fusion.weight=0.5`, which must re-run only the branches that read the weight, and
 `dvc metrics diff` / `dvc exp show` to compare.
 """
 
@@ -21,11 +21,12 @@ from tests.helpers import make_repo_copy, run
 pytestmark = pytest.mark.e2e
 
 ALL_STAGES = {
-    "prepare", "tokenizer", "tokenize", "graphs", "train_base", "finetune@control", "finetune@kamig",
-    "classifier", "reference", "sample@base", "sample@control", "sample@kamig", "evaluate@base",
-    "evaluate@control", "evaluate@kamig", "evaluate_real",
+    "prepare", "tokenizer", "tokenize", "graphs", "train_base", "finetune@control", "finetune@permuted",
+    "finetune@kamig", "classifier", "reference", "sample@base", "sample@control", "sample@permuted",
+    "sample@kamig", "evaluate@base", "evaluate@control", "evaluate@permuted", "evaluate@kamig",
+    "evaluate_real",
 }
-EVAL_KEYS = {"fid", "fid_inception", "inception_score", "precision", "recall", "class_accuracy",
+EVAL_KEYS = {"fid", "fid_se", "fid_inception", "inception_score", "precision", "recall", "class_accuracy",
              "n_samples", "sampling_images_per_s"}
 
 
