@@ -133,6 +133,9 @@ def test_measure_detail_decodes_only_the_most_frequent_candidates(monkeypatch):
 
 
 def test_stage_picture_shows_textured_tokens_with_weights(tmp_path, monkeypatch):
+    from pipeline.tokenizer import registry
+
+    monkeypatch.setitem(registry.TOKENIZERS, BackgroundTokenizer.kind, BackgroundTokenizer)
     # The real stage: tokens whose grids are mostly flat background with a textured object.
     rng = np.random.default_rng(0)
     n = 300

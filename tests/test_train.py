@@ -135,11 +135,14 @@ _KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
 
+import torch
+
 import pipeline.ema
 from pipeline.training.loop import train_generator
 from tests.test_train import run_for, split, tiny_model
 
 stop, every = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(int(sys.argv[3]))  # the parent's: float reductions must add up alike
 update, calls = pipeline.ema.EMA.update, []
 
 
@@ -158,7 +161,8 @@ train_generator(tiny_model(), run_for("cut", live_dir="live_cut", checkpoint_eve
 
 def _killed_run(directory: Path, stop: int, every: int) -> int:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-c", _KILLED_RUN, str(stop), str(every)], cwd=directory, env=env,
+    args = [str(stop), str(every), str(torch.get_num_threads())]
+    return subprocess.run([sys.executable, "-c", _KILLED_RUN, *args], cwd=directory, env=env,
                           capture_output=True, timeout=300).returncode
 
 
