@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 import torch
@@ -13,41 +11,20 @@ from pipeline.config import CooccurrenceConfig, GraphsConfig
 from pipeline.graphs import pictures
 from pipeline.graphs.build import StagePaths, build_graphs
 from pipeline.shards import TokenMeta
-from pipeline.tokenizer.base import Tokenizer, save_tokenizer
+from pipeline.tokenizer.base import save_tokenizer
 from tests.helpers import write_token_split
+from tests.test_graphs_stage import StripeTokenizer
 
 VOCAB, FLAT, CELL, GRID = 16, 6, 4, (4, 4)
 
 
-class BackgroundTokenizer(Tokenizer):
-    """Tokens 0..FLAT-1 decode to uniform grey levels (background); the others to checkerboards
-    of growing contrast (texture). Each token fills its own ``CELL`` x ``CELL`` cell."""
+class BackgroundTokenizer(StripeTokenizer):
+    """Frequent flat grey tokens (background) and textured, checkered ones (an object)."""
 
     kind = "test-picture-background"
 
     def __init__(self, vocab: int = VOCAB, grid: tuple[int, int] = GRID, cell: int = CELL):
-        super().__init__()
-        self._vocab, self._grid, self._cell = vocab, tuple(grid), cell
-        self.register_buffer("dummy", torch.zeros(1))
-
-    @property
-    def codebook_size(self) -> int:
-        return self._vocab
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self._grid
-
-    @property
-    def channels(self) -> int:
-        return 1
-
-    @property
-    def image_size(self) -> int:
-        return self._grid[0] * self._cell
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        super().__init__(vocab, grid, cell)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         h, w = self._grid
@@ -61,9 +38,6 @@ class BackgroundTokenizer(Tokenizer):
         textured = (0.5 + amplitude * checker).clamp(0, 1)
         is_flat = (level < FLAT).repeat_interleave(self._cell, 2).repeat_interleave(self._cell, 3)
         return torch.where(is_flat, cells, textured)
-
-    def init_args(self) -> dict[str, Any]:
-        return {"vocab": self._vocab, "grid": list(self._grid), "cell": self._cell}
 
 
 def background_heavy_totals() -> np.ndarray:
