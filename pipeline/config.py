@@ -138,7 +138,11 @@ class CooccurrenceConfig(_Section):
 class SimilarityConfig(_Section):
     k: int = Field(2, ge=1)
     candidates: int = Field(32, ge=1)
-    alpha: float = Field(5.0, gt=0.0)
+    # Edge weight exp(-alpha * d / unit). unit "median" (the median kept JS divergence) with alpha 1
+    # gives a median neighbour e^-1 = 0.37 of the self-loop's unnormalised weight; "none" divides by
+    # nothing, and with alpha 5 it is the official code's exp(-5 d) on the raw JS divergence.
+    alpha: float = Field(1.0, gt=0.0)
+    distance_unit: Literal["median", "none"] = "median"
     # flat is exact; ivf / hnsw are approximate options for vocabularies of 16k and more.
     index: Literal["flat", "ivf", "hnsw"] = "flat"
 
@@ -212,6 +216,9 @@ class KamigConfig(Recipe):
 
     steps: int = Field(500, ge=1)  # the paper uses 1500
     warmup_steps: int = Field(30, ge=0)
+    # Off, as in the official recipe: one global norm over head and adapter would shrink the head's
+    # steps by the adapter's gradient in KA-MIG but not in the head-only control.
+    grad_clip: float | None = Field(None, gt=0.0)
     # true (paper): train the adapter and the output head; false: train everything.
     freeze_backbone: bool = True
     # The fine-tunes' own seed (data order, masks, dropout; the base model is `seed`'s), so a
@@ -276,7 +283,10 @@ class EvalConfig(_Section):
     pr_k: int = Field(3, ge=1)
     # Bootstrap resamples of the generated features behind fid_se (0: no standard error).
     bootstrap: int = Field(200, ge=0)
-    # Real train images scored by evaluate_real (the floor); null: as many as one variant samples.
+    # Train images the domain classifier never trains on (at most half the split): evaluate_real
+    # and evaluate_recon, the floors, score them, so the features have not learnt them.
+    holdout: int = Field(10000, ge=1)
+    # Held-out images scored by evaluate_real and evaluate_recon; null: as many as one variant samples.
     real_samples: int | None = Field(None, ge=1)
     # Reference statistics: the real split, or an ADM / pytorch-fid npz (mu, sigma) for Inception.
     reference_split: Literal["val", "train"] = "val"

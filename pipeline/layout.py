@@ -14,7 +14,8 @@ Generator variants:
 * ``kamig``: base + the adapter, fine-tuned with the knowledge graphs; ``kamig - permuted`` is the
   effect of the knowledge.
 
-``real`` is not a generator: ``evaluate_real`` scores real train images (the floor).
+``real`` and ``recon`` are not generators but the floors: ``evaluate_real`` scores held-out real
+train images, ``evaluate_recon`` their reconstructions by the tokenizer.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ BASE = "base"
 CONTROL = "control"
 PERMUTED = "permuted"  # the null control (a YAML-safe name: `null` is YAML's None)
 KAMIG = "kamig"
-REAL = "real"
+REAL = "real"  # evaluate_real: held-out real train images (the floor)
+RECON = "recon"  # evaluate_recon: decode(encode(x)) of the same images (the tokenizer floor)
+FLOORS = (REAL, RECON)
 FINETUNE_VARIANTS = (CONTROL, PERMUTED, KAMIG)
 GENERATOR_VARIANTS = (BASE, *FINETUNE_VARIANTS)
 

@@ -1,100 +1,63 @@
-"""Turn DVC experiments into the KA-MIG vs control report (``reports/fashion_mnist.md``).
+"""Render ``reports/fashion_mnist.md`` from the study's records (:mod:`pipeline.study`).
 
-Input is ``dvc exp show --json``: every committed revision and every experiment, with its params
-and the metrics files. Each one becomes an :class:`ExperimentRecord` (seed, fusion weight, fusion
-graphs, and per variant the evaluation and training metrics). The report then groups them:
+Each record is one replicate: every variant (base, control, permuted, kamig) and both floors (real,
+recon) scored in one experiment. The question is whether the *knowledge* helps, as opposed to the
+adapter's *capacity*, so the report is built on paired differences within a replicate:
 
-* the main comparison, base / control / KA-MIG with all three graphs at the default weight, as
-  mean ± std over seeds, plus the paired KA-MIG − control difference per seed (the fair test: both
-  fine-tune the same base model for the same steps; only the graph signal differs);
-* the graph ablation (each graph alone against all three) and the fusion-weight sweep;
-* a conclusion whose wording follows the numbers: a difference counts as real only when a
-  two-sided paired t-test over the seeds gives p < 0.05 (with 3 seeds: |mean| > 4.3 standard errors).
+* knowledge = kamig − permuted (same adapter, recipe and graph statistics; only which tokens the
+  graph nodes are differs);
+* capacity = permuted − control (the adapter on knowledge-free graphs against a head-only fine-tune);
+* total = kamig − control.
+
+Each difference is given as a mean with its 95% confidence interval (Student t over replicates),
+and with the design's minimum detectable effect (two-sided 5%, 80% power). The conclusion follows
+from the interval alone: an effect is *detected* when the interval excludes zero; an effect of at
+least X% is *ruled out* when the whole interval lies within ±X% of the null's FID, with X at most
+the target effect; otherwise the result is *inconclusive*, with the number of replicates that would
+settle it.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import scipy.stats
 
-VARIANTS = ("base", "control", "kamig")
-ALL_GRAPHS = ("cooccurrence", "similarity", "incompatibility")
-QUALITY_KEYS = ("fid", "precision", "recall", "class_accuracy")
-SIGNIFICANCE = 0.05
-# Lower is better for FID only.
-BETTER_IS_LOWER = {"fid": True, "precision": False, "recall": False, "class_accuracy": False,
-                   "val_loss": True, "val_masked_accuracy": False}
+Record = dict[str, Any]
+GRAPHS = ("cooccurrence", "similarity", "incompatibility")
+VARIANTS = ("base", "control", "permuted", "kamig")
+FLOORS = ("real", "recon")
+LABELS = {"base": "base (no fine-tune)", "control": "control (head-only fine-tune)",
+          "permuted": "null (adapter on permuted graphs)", "kamig": "KA-MIG", "real": "held-out real images",
+          "recon": "tokenizer floor: decode(encode(x))"}
+CONFIDENCE, POWER = 0.95, 0.80
+TARGET_EFFECT = 0.08  # the effect the study is meant to resolve: 8% of FID (the paper's 2.68 -> 2.45)
 
 
-@dataclass(frozen=True)
-class ExperimentRecord:
-    name: str
-    seed: int
-    weight: float
-    graphs: tuple[str, ...]
-    negative_at: str
-    evaluation: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> eval_*.json
-    training: dict[str, dict[str, Any]] = field(default_factory=dict)  # variant -> train_*.json
-    params: dict[str, Any] = field(default_factory=dict)
-    graph_stats: dict[str, Any] = field(default_factory=dict)  # graphs.json
-
-    @property
-    def key(self) -> tuple:
-        return (self.seed, self.weight, self.graphs, self.negative_at)
+# --------------------------------------------------------------------------------------------
+# Selecting records
+# --------------------------------------------------------------------------------------------
 
 
-def _metric_file(metrics: dict, name: str) -> dict[str, Any] | None:
-    entry = metrics.get(f"metrics/{name}.json")
-    return None if entry is None else entry.get("data")
+def overrides(record: Record) -> dict[str, Any]:
+    return record["overrides"]
 
 
-def records_from_exp_show(shown: Sequence[dict]) -> list[ExperimentRecord]:
-    """One record per committed revision or experiment that has complete evaluation metrics.
+def select(records: Iterable[Record], base: int = 0, graphs: Sequence[str] = GRAPHS,
+           negative_at: str = "all") -> list[Record]:
+    """The replicates of one design cell, ordered by fine-tune seed."""
+    chosen = [r for r in records if overrides(r)["seed"] == base
+              and tuple(overrides(r)["fusion.graphs"]) == tuple(graphs)
+              and overrides(r)["fusion.negative_at"] == negative_at]
+    return sorted(chosen, key=lambda r: overrides(r)["kamig.seed"])
 
-    The ``workspace`` row is skipped (it repeats HEAD or an applied experiment), and so are rows
-    without the eval metrics of every variant. Duplicate parameter sets keep the first row seen,
-    which in ``dvc exp show`` order is the newest.
-    """
-    records: list[ExperimentRecord] = []
-    seen: set[tuple] = set()
-    stack = list(reversed(shown))
-    ordered: list[dict] = []
-    while stack:
-        node = stack.pop()
-        ordered.append(node)
-        for child in reversed(node.get("experiments") or []):
-            stack.extend(reversed(child.get("revs") or []))
-    for node in ordered:
-        data = node.get("data") or {}
-        if node.get("rev") == "workspace" or not data.get("params") or not data.get("metrics"):
-            continue
-        params = (data["params"].get("params.yaml") or {}).get("data") or {}
-        metrics = data["metrics"]
-        evaluation = {v: _metric_file(metrics, f"eval_{v}") for v in (*VARIANTS, "real")}
-        if any(evaluation[v] is None for v in VARIANTS):
-            continue
-        fusion = params.get("fusion", {})
-        record = ExperimentRecord(
-            name=node.get("name") or str(node.get("rev", ""))[:7],
-            seed=int(params.get("seed", 0)),
-            weight=float(fusion.get("weight", 1.0)),
-            graphs=tuple(fusion.get("graphs", ALL_GRAPHS)),
-            negative_at=str(fusion.get("negative_at", "all")),
-            evaluation={k: v for k, v in evaluation.items() if v is not None},
-            training={v: _metric_file(metrics, f"train_{v}") or {} for v in VARIANTS},
-            params=params,
-            graph_stats=_metric_file(metrics, "graphs") or {},
-        )
-        if record.key in seen:
-            continue
-        seen.add(record.key)
-        records.append(record)
-    return records
+
+def fid(record: Record, variant: str) -> float:
+    return float(record["evaluation"][variant]["fid"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +66,9 @@ def records_from_exp_show(shown: Sequence[dict]) -> list[ExperimentRecord]:
 
 
 @dataclass(frozen=True)
-class Summary:
+class Estimate:
+    """Mean of per-replicate values with a Student-t confidence interval and the design's MDE."""
+
     values: tuple[float, ...]
 
     @property
@@ -115,76 +80,61 @@ class Summary:
         return statistics.fmean(self.values) if self.values else math.nan
 
     @property
-    def std(self) -> float:
+    def sd(self) -> float:
         return statistics.stdev(self.values) if self.n > 1 else math.nan
 
     @property
-    def stderr(self) -> float:
-        return self.std / math.sqrt(self.n) if self.n > 1 else math.nan
-
-    def format(self, digits: int = 3) -> str:
-        if not self.values:
-            return "–"
-        if self.n == 1:
-            return f"{self.mean:.{digits}f}"
-        return f"{self.mean:.{digits}f} ± {self.std:.{digits}f}"
-
-
-def summarise(values: Iterable[float]) -> Summary:
-    return Summary(tuple(float(v) for v in values if v is not None))
-
-
-def select(records: Iterable[ExperimentRecord], *, weight: float | None = None,
-           graphs: tuple[str, ...] | None = None, negative_at: str = "all") -> list[ExperimentRecord]:
-    return sorted(
-        (r for r in records
-         if (weight is None or math.isclose(r.weight, weight))
-         and (graphs is None or tuple(r.graphs) == tuple(graphs))
-         and r.negative_at == negative_at),
-        key=lambda r: r.seed,
-    )
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """KA-MIG minus control, per seed (same base model, same data order)."""
-
-    metric: str
-    summary: Summary
-    kamig_better: int
-
-    @property
-    def p_value(self) -> float:
-        """Two-sided paired t-test of a zero mean difference (nan with fewer than 2 seeds)."""
-        s = self.summary
-        if s.n < 2:
+    def half_width(self) -> float:
+        if self.n < 2:
             return math.nan
-        if s.std == 0:
-            return 1.0 if s.mean == 0 else 0.0
-        return float(2 * scipy.stats.t.sf(abs(s.mean / s.stderr), df=s.n - 1))
+        return float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
 
     @property
-    def significant(self) -> bool:
-        return self.p_value < SIGNIFICANCE
+    def interval(self) -> tuple[float, float]:
+        return self.mean - self.half_width, self.mean + self.half_width
 
     @property
-    def favours_kamig(self) -> bool:
-        return (self.summary.mean < 0) == BETTER_IS_LOWER[self.metric]
+    def mde(self) -> float:
+        """The smallest true mean this design detects with POWER (two-sided, 1 - CONFIDENCE)."""
+        if self.n < 2:
+            return math.nan
+        df = self.n - 1
+        t_sum = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df) + scipy.stats.t.ppf(POWER, df)
+        return float(t_sum) * self.sd / math.sqrt(self.n)
+
+    def replicates_for(self, effect: float) -> int | None:
+        """Replicates for an MDE of ``effect`` at this spread (normal approximation); None if unknown."""
+        if self.n < 2 or not self.sd > 0 or effect <= 0:
+            return None
+        z_sum = scipy.stats.norm.ppf(0.5 + CONFIDENCE / 2) + scipy.stats.norm.ppf(POWER)
+        return math.ceil((z_sum * self.sd / effect) ** 2)
 
 
-def paired_difference(records: Sequence[ExperimentRecord], metric: str, source: str = "evaluation"
-                      ) -> PairedDifference:
-    diffs, better = [], 0
-    for record in records:
-        table = getattr(record, source)
-        kamig, control = table["kamig"].get(metric), table["control"].get(metric)
-        if kamig is None or control is None:
-            continue
-        diff = float(kamig) - float(control)
-        diffs.append(diff)
-        if (diff < 0) == BETTER_IS_LOWER[metric] and diff != 0:
-            better += 1
-    return PairedDifference(metric, summarise(diffs), better)
+def estimate(values: Iterable[float | None]) -> Estimate:
+    return Estimate(tuple(float(v) for v in values if v is not None))
+
+
+def contrast(records: Sequence[Record], minuend: str, subtrahend: str,
+             value: Callable[[Record, str], float] = fid) -> Estimate:
+    """Per-replicate ``value(minuend) - value(subtrahend)`` (negative: the minuend scores lower FID)."""
+    return estimate(value(r, minuend) - value(r, subtrahend) for r in records)
+
+
+def verdict(effect: Estimate, reference: float, target: float = TARGET_EFFECT) -> str:
+    """One of three conclusions, read off the confidence interval (FID: lower is better)."""
+    if effect.n < 2:
+        return f"inconclusive: {effect.n} replicate, no interval"
+    low, high = effect.interval
+    if low > 0 or high < 0:
+        direction = "better" if high < 0 else "worse"
+        return (f"detected: {direction} by {abs(effect.mean) / reference:.1%} of FID "
+                f"(95% CI {low:+.2f} to {high:+.2f})")
+    bound = max(abs(low), abs(high)) / reference
+    if bound <= target:
+        return f"ruled out: any effect beyond ±{bound:.1%} of FID (95% CI {low:+.2f} to {high:+.2f})"
+    needed = effect.replicates_for(target * reference)
+    return (f"inconclusive: the 95% CI ({low:+.2f} to {high:+.2f}) allows ±{bound:.1%}; an MDE of "
+            f"{target:.0%} needs about {needed} replicates at this spread")
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,174 +150,180 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
-def _graphs_label(graphs: tuple[str, ...]) -> str:
-    return "all three" if set(graphs) == set(ALL_GRAPHS) else " + ".join(graphs)
+def _with_ci(e: Estimate, digits: int = 2) -> str:
+    if e.n == 0:
+        return "–"
+    if e.n == 1:
+        return f"{e.mean:.{digits}f}"
+    return f"{e.mean:.{digits}f} ± {e.half_width:.{digits}f}"
 
 
-def _variant_rows(records: Sequence[ExperimentRecord]) -> list[list[str]]:
+def _variant_table(records: Sequence[Record]) -> list[str]:
+    rfid = estimate(fid(r, "recon") for r in records).mean
     rows = []
-    for variant in VARIANTS:
-        cells = [variant]
-        for key in QUALITY_KEYS:
-            cells.append(summarise(r.evaluation[variant][key] for r in records).format(
-                2 if key == "fid" else 3))
-        rows.append(cells)
-    real = [r.evaluation["real"] for r in records if "real" in r.evaluation]
-    if real:
-        rows.append(["real train images (floor)",
-                     *(summarise(m[k] for m in real[:1]).format(2 if k == "fid" else 3)
-                       for k in QUALITY_KEYS)])
+    for name in (*VARIANTS, *FLOORS):
+        metric = lambda key, n=name: estimate(r["evaluation"][n].get(key) for r in records)  # noqa: E731
+        gap = "–" if name in FLOORS else _with_ci(estimate(fid(r, name) - fid(r, "recon") for r in records))
+        rows.append([LABELS[name], _with_ci(metric("fid")), gap, f"{metric('fid_se').mean:.2f}",
+                     f"{metric('fid').sd:.2f}" if len(records) > 1 else "–",
+                     f"{metric('precision').mean:.3f}", f"{metric('recall').mean:.3f}",
+                     f"{metric('class_accuracy').mean:.3f}"])
+    return [f"rFID (the tokenizer floor) is {rfid:.2f}: no generator of these tokens can score below it.",
+            "", *_table(["variant", "FID ± 95% CI", "gFID − rFID", "bootstrap SE", "sd over seeds",
+                         "precision", "recall", "class accuracy"], rows)]
+
+
+CONTRASTS = (("knowledge", "kamig", "permuted"), ("capacity", "permuted", "control"),
+             ("total", "kamig", "control"), ("fine-tuning", "control", "base"))
+
+
+def _contrast_rows(records: Sequence[Record]) -> list[list[str]]:
+    rows = []
+    for label, minuend, subtrahend in CONTRASTS:
+        effect = contrast(records, minuend, subtrahend)
+        reference = estimate(fid(r, subtrahend) for r in records).mean
+        low, high = effect.interval
+        rows.append([f"{label}: {minuend} − {subtrahend}", f"{effect.mean:+.2f}",
+                     f"{low:+.2f} to {high:+.2f}", f"{effect.mean / reference:+.1%}",
+                     f"±{effect.half_width / reference:.1%}", f"{effect.mde / reference:.1%}",
+                     f"{sum(v < 0 for v in effect.values)} of {effect.n}", verdict(effect, reference)])
     return rows
 
 
-def _kamig_row(label: str, chosen: Sequence[ExperimentRecord]) -> list[str]:
-    """label, seeds, KA-MIG FID, paired FID - control, class accuracy: a row of the sweep tables."""
-    return [label, str(len(chosen)),
-            summarise(r.evaluation["kamig"]["fid"] for r in chosen).format(2),
-            paired_difference(chosen, "fid").summary.format(2),
-            summarise(r.evaluation["kamig"]["class_accuracy"] for r in chosen).format(3)]
+CONTRAST_HEADER = ["contrast (FID)", "mean", "95% CI", "mean, % of FID", "CI half-width, %",
+                   "MDE (80% power), %", "minuend better on", "conclusion"]
 
 
-def _conclusion(main: Sequence[ExperimentRecord], differences: dict[str, PairedDifference],
-                train_gap: PairedDifference) -> list[str]:
-    fid = differences["fid"]
-    n = fid.summary.n
-    lines = ["## Conclusion", ""]
-    if n < 2:
-        lines.append(f"Only {n} seed is available: no conclusion about KA-MIG versus the control can be "
-                     "drawn. Run `python scripts/run_experiments.py` for the seed grid.")
-        return lines
-    verdict = ("better" if fid.favours_kamig else "worse") if fid.significant else None
-    if verdict == "better":
-        lines.append(f"**At this scale the knowledge graphs beat the control.** Over {n} seeds KA-MIG's "
-                     f"domain FID is {fid.summary.mean:+.2f} ± {fid.summary.std:.2f} relative to the "
-                     f"control (better on {fid.kamig_better} of {n} seeds; paired t-test "
-                     f"p = {fid.p_value:.3f}).")
-    elif verdict == "worse":
-        lines.append(f"**At this scale the knowledge graphs hurt.** Over {n} seeds KA-MIG's domain FID "
-                     f"is {fid.summary.mean:+.2f} ± {fid.summary.std:.2f} relative to the control "
-                     f"(paired t-test p = {fid.p_value:.3f}).")
-    else:
-        lines.append(f"**At this scale the knowledge graphs do not beat the control.** Over {n} seeds "
-                     f"the paired FID difference KA-MIG − control is {fid.summary.mean:+.2f} ± "
-                     f"{fid.summary.std:.2f} (KA-MIG better on {fid.kamig_better} of {n} seeds; paired "
-                     f"t-test p = {fid.p_value:.2f}): indistinguishable from seed noise.")
-    others = [d for k, d in differences.items() if k != "fid" and d.significant]
-    if others:
-        lines.append("")
-        lines.append("Other metrics with a significant paired difference (p < 0.05): " + ", ".join(
-            f"{d.metric} {d.summary.mean:+.3f}, p = {d.p_value:.3f} "
-            f"({'favours KA-MIG' if d.favours_kamig else 'favours control'})" for d in others) + ".")
-    lines += ["", "Evidence on why:", ""]
-    lines.append(
-        f"* The adapter's effect on the training objective itself: validation masked-token loss, "
-        f"KA-MIG − control = {train_gap.summary.mean:+.4f} ± {train_gap.summary.std:.4f} nats per seed "
-        f"(KA-MIG lower on {train_gap.kamig_better} of {train_gap.summary.n}; p = {train_gap.p_value:.3f}). "
-        + ("The graphs barely change what the model predicts." if not train_gap.significant else
-           "The graphs change the predictions measurably, but by little: a consistent gain this small "
-           "does not reach the sample quality metrics above their seed-to-seed noise.")
-    )
-    base_control = summarise(r.evaluation["control"]["fid"] - r.evaluation["base"]["fid"] for r in main)
-    lines.append(
-        f"* Extra fine-tuning alone (control − base FID {base_control.mean:+.2f} ± {base_control.std:.2f}) "
-        "is the effect the control isolates: any KA-MIG gain over the base model that the control "
-        "also gets is not due to the graphs."
-    )
-    stats = next((r.graph_stats for r in main if r.graph_stats), {})
-    co, sim = stats.get("cooccurrence", {}), stats.get("similarity", {})
-    if "self_weight_mean" in co and "self_weight_mean" in sim:
-        line = (f"* How much one GCN layer mixes: a token keeps on average {sim['self_weight_mean']:.1%} of "
-                f"its own embedding in the similarity graph and {co['self_weight_mean']:.1%} in the "
-                "co-occurrence graph (mean diagonal of the normalised operator).")
-        if sim["self_weight_mean"] > 0.8:
-            line += (" With weights exp(-alpha d / median d) each of the k nearest neighbours gets about "
-                     "e^-alpha against a self-loop of 1, so the similarity GCN is close to the identity: "
-                     "it adds little beyond the token embeddings themselves.")
-        lines.append(line)
+def _noise_lines(records: Sequence[Record]) -> list[str]:
+    n = records[0]["evaluation"]["kamig"]["n_samples"]
+    sizes = sorted({int(k) for r in records for k in r["evaluation"]["kamig"].get("fid_subsets", {})})
+    header = ["variant", *(f"FID at {s:,}" for s in sizes), f"FID at {n:,}", "bootstrap SE at n"]
+    rows = []
+    for name in VARIANTS:
+        cells = [name]
+        for size in sizes:
+            subset = (r["evaluation"][name]["fid_subsets"].get(str(size)) for r in records)
+            cells.append(_with_ci(estimate(subset)))
+        cells += [_with_ci(estimate(fid(r, name) for r in records)),
+                  f"{estimate(r['evaluation'][name]['fid_se'] for r in records).mean:.2f}"]
+        rows.append(cells)
+    knowledge = [_with_ci(estimate(r["evaluation"]["kamig"]["fid_subsets"].get(str(s), math.nan)
+                                   - r["evaluation"]["permuted"]["fid_subsets"].get(str(s), math.nan)
+                                   for r in records)) for s in sizes]
+    rows.append(["kamig − permuted", *knowledge, _with_ci(contrast(records, "kamig", "permuted")), "–"])
+    return ["Every score at n images is biased upward by an amount that shrinks like 1/n; the columns "
+            "below score nested uniform subsets of the same samples (`fid_subsets` in "
+            "`metrics/eval_*.json`), mean ± 95% CI over the replicates. The bootstrap SE is the noise "
+            "of one score from the particular images drawn; the spread over fine-tune seeds adds the "
+            "training noise.", "", *_table(header, rows)]
+
+
+def _cell_table(records: Sequence[Record], cells: Sequence[tuple[str, dict[str, Any]]],
+                reference: tuple[str, dict[str, Any]]) -> list[str]:
+    """KA-MIG against the null in each design cell, beside the main comparison (``reference``)."""
+    if not any(select(records, **where) for _, where in cells):
+        return ["Not run yet: `python scripts/run_experiments.py` runs it after the main comparison."]
+    rows = []
+    for label, where in [*cells, reference]:
+        chosen = select(records, **where)
+        if not chosen:
+            continue
+        effect = contrast(chosen, "kamig", "permuted")
+        reference = estimate(fid(r, "permuted") for r in chosen).mean
+        rows.append([label, str(len(chosen)), _with_ci(estimate(fid(r, "kamig") for r in chosen)),
+                     _with_ci(estimate(fid(r, "permuted") for r in chosen)), _with_ci(effect),
+                     verdict(effect, reference)])
+    return _table(["design", "replicates", "KA-MIG FID", "null FID", "KA-MIG − null", "conclusion"], rows)
+
+
+def _graph_lines(record: Record) -> list[str]:
+    stats = record.get("graphs", {})
+    rows = []
+    for graph in ("cooccurrence", "similarity"):
+        g = stats.get(graph, {})
+        if "self_weight_mean" in g:
+            rows.append([graph, f"{g['self_weight_mean']:.3f}",
+                         f"{g.get('neighbour_to_self_median', math.nan):.3f}", f"{g['max_row_sum']:.3f}",
+                         f"{g.get('mean_degree', math.nan):.1f}"])
+    lines = _table(["graph", "self weight (mean diagonal)", "median neighbour / self", "max row sum",
+                    "mean degree"], rows)
     density = stats.get("incompatibility_density")
     if density is not None:
-        positions = stats["tokens"] // max(1, stats["images"]) if stats.get("images") else None
-        share = ("a minority" if density < 0.5 else "most")
-        lines.append(
-            f"* Incompatibility density {density:.1%}"
-            + (f" ({stats['images']} training grids of {positions} positions)" if positions else "")
-            + f": the negative term of a (class, position) averages {share} of the vocabulary's "
-            "embeddings. " + ("Most triples are observed at least once, so the term is a smooth per-class, "
-                              "per-position bias rather than a sharp exclusion of impossible tokens."
-                              if density < 0.5 else
-                              "Most triples are never observed, so the term mostly excludes tokens.")
-        )
+        lines += ["", "Incompatibility density (never-observed (class, position, token) triples): "
+                  f"{density:.1%}."]
     return lines
 
 
-def render_report(records: Sequence[ExperimentRecord], title: str = "KA-MIG on Fashion-MNIST") -> str:
-    """The whole report as Markdown."""
-    main = select(records, weight=1.0, graphs=ALL_GRAPHS)
-    lines = [f"# {title}", "",
-             "Generated by `python scripts/make_report.py` from `dvc exp show --json`; do not edit by hand.",
-             ""]
-    if not main:
-        lines.append("No experiment with all three graphs at fusion.weight 1.0 was found.")
-        return "\n".join(lines) + "\n"
-    params = main[0].params
-    data, tokenizer, model = params.get("data", {}), params.get("tokenizer", {}), params.get("model", {})
-    train, kamig, sample = params.get("train", {}), params.get("kamig", {}), params.get("sample", {})
-    lines += [
-        "## Setup", "",
-        f"* Data: `{data.get('source')}`, tokenizer `{tokenizer.get('kind')}` "
-        f"(codebook {tokenizer.get('codebook_size')}).",
-        f"* Backbone: dim {model.get('dim')}, depth {model.get('depth')}; base trained {train.get('steps')} "
-        f"steps; both fine-tunes {kamig.get('steps')} steps "
-        f"(frozen backbone: {kamig.get('freeze_backbone')}).",
-        f"* Sampling: {sample.get('steps')} steps, CFG {sample.get('cfg')}, {sample.get('per_class')} images "
-        "per class; FID on the domain classifier's features against the val split.",
-        f"* Seeds: {', '.join(str(r.seed) for r in main)} (the seed drives the generative model only).",
-        "",
-        "## Base, control and KA-MIG (all three graphs, fusion.weight 1.0)", "",
-        "Mean ± standard deviation over seeds. FID: lower is better; the others: higher is better.", "",
-        *_table(["variant", "FID (domain)", "precision", "recall", "class accuracy"], _variant_rows(main)),
-        "",
-        "### Paired difference, KA-MIG − control (per seed)", "",
+def _conclusion(main: Sequence[Record]) -> list[str]:
+    knowledge = contrast(main, "kamig", "permuted")
+    null_fid = estimate(fid(r, "permuted") for r in main).mean
+    capacity = contrast(main, "permuted", "control")
+    control_fid = estimate(fid(r, "control") for r in main).mean
+    rfid = estimate(fid(r, "recon") for r in main).mean
+    kamig_fid = estimate(fid(r, "kamig") for r in main).mean
+    goal = knowledge.half_width / null_fid
+    return [
+        f"* **Does the knowledge help?** KA-MIG − null = {knowledge.mean:+.2f} FID "
+        f"({knowledge.mean / null_fid:+.1%}), 95% CI {knowledge.interval[0]:+.2f} to "
+        f"{knowledge.interval[1]:+.2f}, over {knowledge.n} fine-tune seeds on one base model: "
+        f"**{verdict(knowledge, null_fid)}**.",
+        f"* **Does the adapter's capacity help?** null − control = {capacity.mean:+.2f} FID "
+        f"({capacity.mean / control_fid:+.1%}): {verdict(capacity, control_fid)}.",
+        f"* **Power.** The design's minimum detectable effect is {knowledge.mde:.2f} FID "
+        f"({knowledge.mde / null_fid:.1%} of the null's FID); the CI half-width is "
+        f"{goal:.1%} (the goal was at most 3%).",
+        f"* **Distance to the tokenizer floor.** KA-MIG's FID {kamig_fid:.2f} is {kamig_fid - rfid:.2f} "
+        f"above the tokenizer floor (rFID {rfid:.2f}); the whole knowledge effect is measured in that gap.",
     ]
-    differences = {k: paired_difference(main, k) for k in QUALITY_KEYS}
-    lines += _table(
-        ["metric", "mean ± std", "KA-MIG better on", "paired t-test p"],
-        [[d.metric, d.summary.format(3), f"{d.kamig_better} of {d.summary.n}",
-          f"{d.p_value:.3f}" + (" (significant)" if d.significant else "")] for d in differences.values()],
-    )
-    train_gap = paired_difference(main, "val_loss", source="training")
-    lines += ["", *_table(
-        ["variant", "val loss", "val masked accuracy"],
-        [[v, summarise(r.training[v].get("val_loss") for r in main).format(4),
-          summarise(r.training[v].get("val_masked_accuracy") for r in main).format(4)] for v in VARIANTS],
-    )]
 
-    ablation_sets = [(g,) for g in ALL_GRAPHS] + [ALL_GRAPHS]
-    ablation_rows = []
-    for graphs in ablation_sets:
-        chosen = select(records, weight=1.0, graphs=graphs)
-        if not chosen:
-            continue
-        ablation_rows.append(_kamig_row(_graphs_label(graphs), chosen))
-    lines += ["", "## Graph ablation (fusion.graphs, fusion.weight 1.0)", "",
-              *_table(["graphs", "seeds", "KA-MIG FID", "FID − control (paired)", "class accuracy"],
-                      ablation_rows)]
 
-    weights = sorted({r.weight for r in records if tuple(r.graphs) == ALL_GRAPHS})
-    weight_rows = [["0 (control)", str(len(main)),
-                    summarise(r.evaluation["control"]["fid"] for r in main).format(2), "–",
-                    summarise(r.evaluation["control"]["class_accuracy"] for r in main).format(3)]]
-    for weight in weights:
-        weight_rows.append(_kamig_row(f"{weight:g}", select(records, weight=weight, graphs=ALL_GRAPHS)))
-    lines += ["", "## Fusion weight (all three graphs)", "",
-              *_table(["fusion.weight", "seeds", "KA-MIG FID", "FID − control (paired)", "class accuracy"],
-                      weight_rows)]
-
-    lines += ["", *_conclusion(main, differences, train_gap), "",
-              "## Experiments used", "",
-              *_table(["name", "seed", "fusion.weight", "graphs", "FID base", "FID control", "FID KA-MIG"],
-                      [[r.name, str(r.seed), f"{r.weight:g}", _graphs_label(r.graphs),
-                        f"{r.evaluation['base']['fid']:.2f}", f"{r.evaluation['control']['fid']:.2f}",
-                        f"{r.evaluation['kamig']['fid']:.2f}"]
-                       for r in sorted(records, key=lambda r: (r.graphs != ALL_GRAPHS, r.weight, r.seed))])]
+def render_report(records: Sequence[Record], title: str = "KA-MIG on Fashion-MNIST") -> str:
+    """The whole report as Markdown."""
+    main = select(records)
+    lines = [f"# {title}: does the knowledge help, or the capacity?", "",
+             f"Generated by `python scripts/make_report.py` from the {len(records)} experiment records in "
+             "`reports/study/` (written by `python scripts/run_experiments.py`); do not edit by hand.", ""]
+    if not main:
+        return "\n".join([*lines, "No replicate of the main comparison (base 0, all graphs) yet."]) + "\n"
+    first = main[0]
+    n = first["evaluation"]["kamig"]["n_samples"]
+    # The first replicate also samples the base model and scores the floors: the others show the cost.
+    minutes = estimate(r["seconds"] / 60 for r in main[1:] or main)
+    seeds = ", ".join(str(overrides(r)["kamig.seed"]) for r in main)
+    lines += [
+        "## Answer", "", *_conclusion(main), "",
+        "## Design", "",
+        f"* {len(main)} replicates: fine-tune seeds `kamig.seed` {seeds} on one base model (`seed` 0), "
+        "as the paper fine-tunes one pretrained backbone. Each replicate "
+        "fine-tunes all three variants with the same seed (same data order and masks) and samples them "
+        "with the same sampling seed (the same Gumbel noise): differences are paired.",
+        f"* {n:,} samples per variant ({n // 10:,} per class) against the 10,000 val images, on the domain "
+        "classifier's features. The floors score as many held-out train images that the classifier "
+        "never trained on.",
+        f"* Cost: {minutes.mean:.1f} min of 2-core CPU per replicate (three fine-tunes, three samplings, "
+        "the evaluations).",
+        "",
+        "## Variants", "", *_variant_table(main), "",
+        "## Paired differences", "",
+        "Negative means the first variant has the lower (better) FID. MDE: the smallest true "
+        "difference this design detects with 80% power at the 5% level.", "",
+        *_table(CONTRAST_HEADER, _contrast_rows(main)), "",
+        "## Sample size: bias and noise", "", *_noise_lines(main), "",
+        "## Graph ablation against the null", "",
+        "Each graph alone; the null control uses the same graph set, permuted.", "",
+        *_cell_table(records, [(f"{g} only", {"graphs": (g,)}) for g in GRAPHS], ("all three", {})), "",
+        "## Negative term at masked positions only (`fusion.negative_at: masked`)", "",
+        *_cell_table(records, [("masked positions (paper text)", {"negative_at": "masked"})],
+                     ("all positions (official code)", {})), "",
+        "## A second base model", "",
+        *_cell_table(records, [("base seed 1", {"base": 1})], ("base seed 0", {})), "",
+        "## Graph operators", "", *_graph_lines(first), "",
+        "## Experiments", "",
+        *_table(["name", "base", "fine-tune", "graphs", "negative at", *VARIANTS, "rFID", "minutes"],
+                [[r["name"], str(overrides(r)["seed"]), str(overrides(r)["kamig.seed"]),
+                  "+".join(overrides(r)["fusion.graphs"]), overrides(r)["fusion.negative_at"],
+                  *(f"{fid(r, v):.2f}" for v in VARIANTS), f"{fid(r, 'recon'):.2f}",
+                  f"{r['seconds'] / 60:.1f}"]
+                 for r in sorted(records, key=lambda r: r["name"])]),
+    ]
     return "\n".join(lines) + "\n"

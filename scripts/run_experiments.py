@@ -1,33 +1,33 @@
-"""Run the experiment grid behind reports/fashion_mnist.md, one `dvc exp run` after another.
+"""Run the study behind reports/fashion_mnist.md, one `dvc exp run` after another; resumable.
 
-    python scripts/run_experiments.py [--seeds 0 1 2] [--weights 0.5] [--no-ablation] [--dry-run]
+    python scripts/run_experiments.py [--finetune-seeds 0 1 ... 9] [--second-base 0 1 2 3 4]
+        [--ablation 0 1 2] [--negative 0 1 2] [--per-class 500] [--results reports/study]
+        [--budget-min M] [--dry-run]
 
-The committed baseline (HEAD: all three graphs, fusion.weight 1.0, the seed of params.yaml) is the
-first point; this runs every other combination of
-  * seeds (re-trains the base model and both fine-tunes),
-  * extra fusion weights (re-runs only the KA-MIG branch),
-  * each graph alone (fusion.graphs ablation; re-runs both fine-tunes),
-as workspace experiments, ordered by seed, so each seed's base model is trained once and reused by
-the experiments that follow it. (A `dvc exp run --queue` grid works too, but every queued
-experiment starts from HEAD's outputs, and `train_base`, whose checkpoints are a persistent output,
-cannot be restored from DVC's run-cache: each queued run with a new seed would re-train it.)
-Every run sets all grid params explicitly, experiments already present (by name) are skipped, so
-the script can be re-run after an interruption, and at the end the workspace is restored to HEAD.
-Commit the baseline first: `git add dvc.lock metrics && git commit -m baseline`.
+The grid and its order are pipeline.study's: fine-tune seeds on base 0 first (the main
+comparison), then fusion.negative_at: masked, the one-graph ablation, and a second base seed.
+Each experiment is a named `dvc exp run` with every grid param set; its record (params, metrics
+of all variants and floors, wall time) goes to <results>/<name>.json. Names with a record are
+skipped, so after an interruption the same command resumes; commit the records as they arrive.
+`--budget-min` stops starting new experiments after that many minutes. At the end the workspace
+is restored to HEAD. Then: python scripts/make_report.py.
+
+Run it on a clean checkout of a commit whose dvc.lock is current (`dvc repro` first): the code of
+the workspace is what every experiment runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from pipeline.config import load_config
-
-GRAPHS = ("cooccurrence", "similarity", "incompatibility")
-
+from pipeline.files import write_text
+from pipeline.study import STUDY_PER_CLASS, collect_record, dvc_set_arguments, study_grid
 
 # This interpreter's environment first on PATH, so DVC and the stages' `python` are the project's
 # even when the virtual environment is not activated.
@@ -38,61 +38,57 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=ENV)
 
 
-def existing_names() -> set[str]:
-    result = dvc("exp", "list", "--all-commits", "--name-only")
-    return set(result.stdout.split()) if result.returncode == 0 else set()
-
-
-def overrides(seed: int, weight: float = 1.0, graphs: tuple[str, ...] = GRAPHS) -> list[str]:
-    """All grid params, explicitly: a workspace experiment starts from the previous one's params."""
-    # One grid seed drives the base model, the fine-tunes and the sampling together.
-    return [f"seed={seed}", f"kamig.seed={seed}", f"sample.seed={seed}", f"fusion.weight={weight}",
-            f"fusion.graphs=[{','.join(graphs)}]"]
-
-
-def grid(seeds: list[int], weights: list[float], ablation: bool, baseline_seed: int
-         ) -> list[tuple[str, list[str]]]:
-    runs: list[tuple[str, list[str]]] = []
-    for seed in seeds:
-        if seed != baseline_seed:
-            runs.append((f"seed{seed}", overrides(seed)))
-        for weight in weights:
-            runs.append((f"seed{seed}-w{weight:g}", overrides(seed, weight=weight)))
-        if ablation:
-            for graph in GRAPHS:
-                runs.append((f"seed{seed}-{graph}", overrides(seed, graphs=(graph,))))
-    return runs
+def head_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+    return result.stdout.strip()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--weights", type=float, nargs="*", default=[0.5],
-                        help="fusion weights besides the baseline's 1.0")
-    parser.add_argument("--no-ablation", action="store_true", help="skip the one-graph-at-a-time runs")
+    parser.add_argument("--finetune-seeds", type=int, nargs="*", default=list(range(10)))
+    parser.add_argument("--second-base", type=int, nargs="*", default=list(range(5)),
+                        help="fine-tune seeds on base seed 1")
+    parser.add_argument("--ablation", type=int, nargs="*", default=list(range(3)),
+                        help="fine-tune seeds of the one-graph ablation")
+    parser.add_argument("--negative", type=int, nargs="*", default=list(range(3)),
+                        help="fine-tune seeds with fusion.negative_at: masked")
+    parser.add_argument("--per-class", type=int, default=STUDY_PER_CLASS)
+    parser.add_argument("--results", default="reports/study")
+    parser.add_argument("--budget-min", type=float, default=None, help="start no experiment after this")
     parser.add_argument("--dry-run", action="store_true", help="print the grid, run nothing")
     args = parser.parse_args()
 
-    runs = grid(args.seeds, args.weights, not args.no_ablation, load_config().seed)
-    present = existing_names()
-    todo = [(name, settings) for name, settings in runs if name not in present]
-    for name, settings in runs:
-        print(f"{'done' if name in present else 'todo'}  {name:<24} {' '.join(settings)}")
+    results = Path(args.results)
+    runs = study_grid(args.finetune_seeds, args.second_base, args.ablation, args.negative)
+    todo = [run for run in runs if not (results / f"{run.name}.json").is_file()]
+    for run in runs:
+        state = "todo" if run in todo else "done"
+        print(f"{state}  {run.name:<28} {' '.join(dvc_set_arguments(run.overrides(args.per_class))[1::2])}")
     if args.dry_run or not todo:
         return 0
-    started, failed = time.time(), []
-    for index, (name, settings) in enumerate(todo, 1):
-        print(f"[{index}/{len(todo)}] dvc exp run --name {name} {' '.join(settings)}", flush=True)
-        command = ["exp", "run", "--name", name]
-        for setting in settings:
-            command += ["-S", setting]
-        result = dvc(*command)
-        ran = [line for line in result.stdout.splitlines() if line.startswith("Running stage")]
-        print("    " + ("; ".join(ran) or "nothing re-ran"), flush=True)
+    commit, started, failed = head_commit(), time.time(), []
+    for index, run in enumerate(todo, 1):
+        if args.budget_min is not None and time.time() - started > 60 * args.budget_min:
+            print(f"budget of {args.budget_min:g} min spent: {len(todo) - index + 1} experiments left")
+            break
+        settings = dvc_set_arguments(run.overrides(args.per_class))
+        print(f"[{index}/{len(todo)}] dvc exp run --name {run.name} {' '.join(settings)}", flush=True)
+        # A name left by an interrupted run would make DVC refuse to run it again.
+        dvc("exp", "remove", run.name)
+        run_started = time.time()
+        result = dvc("exp", "run", "--name", run.name, *settings)
+        seconds = time.time() - run_started
+        stages = [line.split("'")[1] for line in result.stdout.splitlines()
+                  if line.startswith("Running stage")]
+        print(f"    {seconds / 60:.1f} min; ran {', '.join(stages) or 'nothing'}", flush=True)
         if result.returncode != 0:
-            failed.append(name)
+            failed.append(run.name)
             print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
-    # Back to the baseline: the experiments live on as refs (`dvc exp show`).
+            continue
+        record = collect_record(run, args.per_class, seconds, stages, commit)
+        results.mkdir(parents=True, exist_ok=True)
+        write_text(results / f"{run.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+    # Back to HEAD: the experiments live on as refs (`dvc exp show`) and as the records.
     subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], check=False)
     dvc("checkout", "--quiet")
     print(f"{len(todo) - len(failed)} experiments in {(time.time() - started) / 60:.1f} min"

@@ -142,6 +142,26 @@ def test_similarity_graph_rows_weights_and_loader(tmp_path):
     assert np.count_nonzero(dense) == len(src) + vocab
 
 
+def test_unit_none_is_the_official_kernel_on_the_raw_divergence():
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(rng.gamma(0.5, 4.0, size=(9, 40)))
+    median = similarity_graph(counts, k=2, candidates=8, alpha=1.0)
+    raw = similarity_graph(counts, k=2, candidates=8, alpha=5.0, distance_unit="none")
+    assert raw.distance_scale == 1.0 and median.distance_scale > 0
+    table = raw.table
+    src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
+    distance = table.column("distance").to_numpy().astype(np.float64)
+    adjacency = np.zeros((40, 40))
+    adjacency[src, dst] = np.exp(-5.0 * distance)  # exp(-5 d), not divided by the median
+    a = adjacency + np.eye(40)
+    d = a.sum(axis=1)
+    expected = (a / np.sqrt(d)[:, None] / np.sqrt(d)[None, :])[src, dst]
+    assert np.allclose(table.column("weight").to_numpy(), expected, rtol=1e-6)
+    # With alpha 1 in median units a median neighbour weighs e^-1 before normalisation.
+    kept = median.table.column("distance").to_numpy().astype(np.float64)
+    assert np.exp(-np.median(kept) / median.distance_scale) == pytest.approx(np.exp(-1.0))
+
+
 def test_distance_scale_degenerate_cases():
     assert distance_scale(np.array([0.0, 0.0, 0.2], np.float32)) == pytest.approx(0.2)
     assert distance_scale(np.zeros(3, np.float32)) == 1.0

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.config import CooccurrenceConfig, GraphsConfig, config_from_dict
+from pipeline.config import CooccurrenceConfig, GraphsConfig, SimilarityConfig, config_from_dict
 from pipeline.errors import PipelineError, ShardError
 from pipeline.graphs import pictures
 from pipeline.graphs.build import StagePaths, build_graphs
@@ -97,7 +97,7 @@ def test_files_equal_in_memory_reference(tmp_path, corpus):
     position_counts = np.zeros((META.seq_len, META.codebook_size), dtype=np.int64)
     for row in split.tokens:
         position_counts[np.arange(META.seq_len), row] += 1
-    expected_sim = similarity_graph(position_counts, 2, 32, 5.0).table
+    expected_sim = similarity_graph(position_counts, 2, 32, SimilarityConfig().alpha).table
     assert pq.read_table(paths.graphs_dir / SIMILARITY_FILE).equals(expected_sim)
 
     assert metrics["tokens_never_seen"] == 2
@@ -432,6 +432,17 @@ def test_self_weight_mean_of_a_normalised_operator():
     assert self_weight_mean(src, dst, weight, np.array([True, True, False])) == pytest.approx(0.75)
 
 
+def test_neighbour_to_self_median_of_a_normalised_operator():
+    from pipeline.graphs.stats import neighbour_to_self_median
+
+    # Token 0: neighbours at 0.2 and 0.4 against a self-loop of 0.5 (ratios 0.4, 0.8); token 1: 0.3
+    # against 0.6 (0.5). The median of 0.4, 0.5, 0.8 is 0.5.
+    src = np.array([0, 0, 0, 1, 1])
+    dst = np.array([0, 1, 2, 1, 0])
+    weight = np.array([0.5, 0.2, 0.4, 0.6, 0.3])
+    assert neighbour_to_self_median(src, dst, weight) == pytest.approx(0.5)
+
+
 def test_max_row_sum_of_a_normalised_operator(tmp_path, corpus):
     from pipeline.graphs.stats import max_row_sum
 
@@ -441,3 +452,4 @@ def test_max_row_sum_of_a_normalised_operator(tmp_path, corpus):
     on_disk = json.loads(paths.metrics_file.read_text())
     for graph in ("cooccurrence", "similarity"):
         assert on_disk[graph]["max_row_sum"] == metrics[graph]["max_row_sum"] > 0
+        assert 0 < on_disk[graph]["neighbour_to_self_median"] == metrics[graph]["neighbour_to_self_median"]

@@ -29,7 +29,8 @@ def test_stage_outputs_are_the_layout_paths() -> None:
     sample = {str(layout.samples_dir(item)), str(layout.sample_grid(item)), str(layout.sample_metrics(item))}
     assert sample == _outs(STAGES["sample"]["do"])
     assert {str(layout.eval_metrics(item))} == _outs(STAGES["evaluate"]["do"])
-    assert {str(layout.eval_metrics(layout.REAL))} == _outs(STAGES["evaluate_real"])
+    for floor in layout.FLOORS:
+        assert {str(layout.eval_metrics(floor))} == _outs(STAGES[f"evaluate_{floor}"])
     assert str(layout.REFERENCE_DIR) in _outs(STAGES["reference"])
     assert {str(layout.TOKENIZER_DIR), str(layout.stage_metrics("tokenizer"))} <= _outs(STAGES["tokenizer"])
     classifier = {str(layout.CLASSIFIER_DIR), str(layout.stage_metrics("classifier"))}

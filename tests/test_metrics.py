@@ -8,7 +8,14 @@ import scipy.linalg
 
 from pipeline.errors import PipelineError
 from pipeline.metrics import METRIC_KEYS, FeatureSet, load_reference, save_reference, score
-from pipeline.metrics.fid import GaussianStats, feature_stats, frechet_distance, load_stats, save_stats
+from pipeline.metrics.fid import (
+    GaussianStats,
+    feature_stats,
+    fid_from_stats,
+    frechet_distance,
+    load_stats,
+    save_stats,
+)
 from pipeline.metrics.inception import inception_score, softmax
 from pipeline.metrics.precision_recall import inside_manifold, knn_radii, precision_recall
 
@@ -245,3 +252,17 @@ def test_bootstrap_standard_error_of_the_fid_shrinks_with_the_sample_size():
     assert se_small != bootstrap_fid_se(small, reference, 100, seed=1)
     # Sixteen times the samples: about a quarter of the noise (1 / sqrt(16)), well below half.
     assert 0 < se_large < 0.5 * se_small
+
+
+def test_fid_subsets_are_nested_prefixes_and_show_the_small_sample_bias():
+    from pipeline.metrics import fid_subsets
+
+    rng = np.random.default_rng(1)
+    reference = feature_stats(rng.normal(size=(20_000, 32)))
+    features = rng.normal(size=(6_000, 32))  # the same distribution: only finite-n bias remains
+    subsets = fid_subsets(features, reference)
+    assert list(subsets) == ["1000", "2000", "5000"]  # sizes below the 6,000 scored
+    full = fid_from_stats(feature_stats(features), reference)
+    # FID's bias falls roughly like 1/n: each subset scores worse than the larger ones.
+    assert subsets["1000"] > subsets["2000"] > subsets["5000"] > full
+    assert fid_subsets(features[:1500], reference).keys() == {"1000"}

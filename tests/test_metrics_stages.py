@@ -1,4 +1,4 @@
-"""classifier -> reference -> sample@base -> evaluate@base / evaluate_real on tiny synthetic data.
+"""classifier -> reference -> sample@base -> evaluate@base / the floors on tiny synthetic data.
 
 Runs the stage bodies in a temporary working directory with a randomly initialised tokenizer and
 generator (no training), so it checks the wiring, the output formats and determinism, not quality.
@@ -35,7 +35,8 @@ PARAMS = {
              "synthetic_classes": CLASSES},
     "tokenizer": {"codebook_size": CODES, "downsamples": 2},
     "sample": {"per_class": PER_CLASS, "batch_size": 10, "steps": 4, "grid_columns": 3, "cfg": 1.0},
-    "eval": {"batch_size": 32, "classifier": {"steps": 40, "batch_size": 32, "width": 8, "feature_dim": 16}},
+    "eval": {"batch_size": 32, "holdout": 40,
+             "classifier": {"steps": 40, "batch_size": 32, "width": 8, "feature_dim": 16}},
 }
 
 
@@ -87,14 +88,18 @@ def test_stages_end_to_end(workdir, tmp_path):
 
     evaluate_stage.run(cfg, "base")
     evaluate_stage.run(cfg, "real")
+    evaluate_stage.run(cfg, "recon")
     base = json.loads((tmp_path / "metrics/eval_base.json").read_text())
     real = json.loads((tmp_path / "metrics/eval_real.json").read_text())
-    for result in (base, real):
+    recon = json.loads((tmp_path / "metrics/eval_recon.json").read_text())
+    for result in (base, real, recon):
         assert tuple(sorted(result)) == tuple(sorted(METRIC_KEYS))
         assert result["fid_inception"] is None and result["inception_score"] is None
         assert result["n_samples"] == CLASSES * PER_CLASS
     latest = json.loads((tmp_path / "metrics/sample_base.json").read_text())  # from the second run
     assert base["sampling_images_per_s"] == pytest.approx(latest["images_per_s"])
-    assert real["sampling_images_per_s"] is None
-    # real train images are far closer to val than a random generator's samples
-    assert real["fid"] < base["fid"]
+    assert real["sampling_images_per_s"] is None and recon["sampling_images_per_s"] is None
+    assert base["fid_small_sample"] and base["fid_subsets"] == {}  # 24 images: no subset below
+    # Held-out real images are far closer to val than a random generator's samples, and than the
+    # untrained tokenizer's reconstructions of the same images.
+    assert real["fid"] < base["fid"] and real["fid"] < recon["fid"]

@@ -40,6 +40,7 @@ from pipeline.graphs.stats import (
     degree_histogram,
     graph_metrics,
     max_row_sum,
+    neighbour_to_self_median,
     self_weight_mean,
     write_degree_csv,
 )
@@ -122,7 +123,8 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
             if cfg.device == "cuda" and not use_gpu:
                 log.warning("graphs.device is cuda but faiss has no GPU support here: using the CPU index")
             similarity = similarity_graph(counts.positions, cfg.similarity.k, cfg.similarity.candidates,
-                                          cfg.similarity.alpha, cfg.similarity.index, use_gpu)
+                                          cfg.similarity.alpha, cfg.similarity.index, use_gpu,
+                                          cfg.similarity.distance_unit)
             write_table(out / SIMILARITY_FILE, similarity.table)
 
         co = _columns(cooccurrence, ("src", "dst", "count", "weight"))
@@ -136,6 +138,7 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
                 src, dst, weight = load_edges(out / file)
                 summary["self_weight_mean"] = self_weight_mean(src, dst, weight, occurring)
                 summary["max_row_sum"] = max_row_sum(src, weight, vocab)
+                summary["neighbour_to_self_median"] = neighbour_to_self_median(src, dst, weight)
             histograms = {
                 "cooccurrence": degree_histogram(co["src"], co["dst"], vocab),
                 "similarity": degree_histogram(sim["src"], sim["dst"], vocab),

@@ -19,8 +19,10 @@ and otherwise (rare: near-uniform histograms) that token is re-ranked against al
 candidate lists may miss true neighbours, so no certificate is possible and their result is
 approximate. A GPU index is used when faiss has GPU support and ``graphs.device`` is ``cuda``.
 
-Weight. ``A[src, dst] = exp(-alpha * distance / median_distance)`` over the kept rows (the median
-of the kept distances, as stored in float32), then ``A_hat = D^-1/2 (A + I) D^-1/2`` with
+Weight. ``A[src, dst] = exp(-alpha * distance / unit)`` over the kept rows, where the unit is the
+median of the kept distances as stored in float32 (``distance_unit: median``) or 1 (``none``: the
+official code's ``exp(-5 d)`` with alpha 5, which on small JS divergences weighs every neighbour
+almost like the self-loop), then ``A_hat = D^-1/2 (A + I) D^-1/2`` with
 row degrees (:mod:`pipeline.graphs.normalisation`). The file keeps exactly the k rows per token,
 no self-loops; the diagonal ``1 / d_src`` is implicit and :func:`pipeline.graphs.load_edges`
 adds it back from the distances, ``alpha`` and the median stored in the file's metadata.
@@ -193,7 +195,8 @@ class SimilarityGraph:
 
 
 def similarity_graph(position_counts: np.ndarray, k: int, candidates: int, alpha: float,
-                     index_kind: str = "flat", use_gpu: bool = False) -> SimilarityGraph:
+                     index_kind: str = "flat", use_gpu: bool = False,
+                     distance_unit: str = "median") -> SimilarityGraph:
     """The ``similarity.parquet`` table from (positions, V) counts, sorted by (src, dst)."""
     vocab_size = position_counts.shape[1]
     occurring, histograms = position_distributions(position_counts)
@@ -205,7 +208,7 @@ def similarity_graph(position_counts: np.ndarray, k: int, candidates: int, alpha
     order = np.lexsort((dst, src))
     src, dst, distance = src[order], dst[order], distance[order]
     # The kernel is computed from the stored float32 distances so that a loader recomputes it exactly.
-    scale = distance_scale(distance)
+    scale = distance_scale(distance) if distance_unit == "median" else 1.0
     weight, _ = gcn_normalise(src, dst, similarity_adjacency(distance, alpha, scale), vocab_size)
     table = table_from_columns(
         SIMILARITY_SCHEMA,

@@ -70,6 +70,19 @@ def self_weight_mean(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, occur
     return float(diagonal[occurring].mean()) if occurring.any() else 0.0
 
 
+def neighbour_to_self_median(src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> float:
+    """Median over the edges ``i -> j`` (``i != j``) of ``A_hat[i, j] / A_hat[i, i]``.
+
+    How much a typical neighbour counts against the token itself in one layer: near 0 the graph
+    is close to the identity and carries almost nothing; near 1 neighbours weigh like the token.
+    """
+    loops = src == dst
+    diagonal = np.zeros(int(max(src.max(initial=0), dst.max(initial=0))) + 1)
+    diagonal[src[loops]] = weight[loops]
+    edges = ~loops & (diagonal[src] > 0)
+    return float(np.median(weight[edges] / diagonal[src[edges]])) if edges.any() else 0.0
+
+
 def max_row_sum(src: np.ndarray, weight: np.ndarray, num_nodes: int) -> float:
     """The largest row sum of a normalised operator: above 1, three GCN layers amplify that token
     (with D^-1/2 A D^-1/2 of a directed graph, hubs can exceed 1)."""

@@ -217,27 +217,34 @@ def train_batches(cfg: Config, generator: torch.Generator) -> Iterator[tuple[tor
     """Endless random (uint8 images, labels) train batches, seeded by ``generator``."""
     from pipeline.data import ImageDataset, load_split_images
 
+    from pipeline.metrics.holdout import classifier_train_indices
+
     ccfg = cfg.eval.classifier
     dataset = ImageDataset(cfg, "train")
+    # The floors' held-out images (pipeline.metrics.holdout) are never trained on.
+    keep = classifier_train_indices(len(dataset), cfg.eval.holdout)
     if dataset.in_memory:
         images, labels, _ = load_split_images(cfg, "train")
-        return random_batches(torch.from_numpy(images), torch.from_numpy(labels), ccfg.batch_size, generator)
+        return random_batches(torch.from_numpy(images[keep]), torch.from_numpy(labels[keep]),
+                              ccfg.batch_size, generator)
+    subset = torch.utils.data.Subset(dataset, [int(i) for i in keep])
     sampler = torch.utils.data.RandomSampler(
-        dataset, replacement=True, num_samples=ccfg.steps * ccfg.batch_size, generator=generator
+        subset, replacement=True, num_samples=ccfg.steps * ccfg.batch_size, generator=generator
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=ccfg.batch_size, sampler=sampler, num_workers=cfg.data.workers, drop_last=True
+        subset, batch_size=ccfg.batch_size, sampler=sampler, num_workers=cfg.data.workers, drop_last=True
     )
     return ((images, labels) for images, labels, _ in loader)
 
 
 def fit_domain_classifier(cfg: Config, device: torch.device) -> tuple[DomainClassifier, dict[str, Any]]:
-    """Train on the real train images (``eval.classifier.*``), score on val; (model, metrics)."""
+    """Train on the real train images but the held-out ones (``eval.classifier.*``), score on val."""
     import time
 
     from pipeline.data import ImageDataset, num_channels, num_classes
     from pipeline.metrics import extract_features
     from pipeline.metrics.extraction import dataset_batches
+    from pipeline.metrics.holdout import classifier_train_indices
 
     ccfg = cfg.eval.classifier
     spec = ClassifierSpec(channels=num_channels(cfg), image_size=cfg.data.image_size,
@@ -259,5 +266,6 @@ def fit_domain_classifier(cfg: Config, device: torch.device) -> tuple[DomainClas
         "train_seconds": train_seconds,
         "steps": ccfg.steps,
         "params": sum(p.numel() for p in model.parameters()),
+        "train_images": len(classifier_train_indices(len(ImageDataset(cfg, "train")), cfg.eval.holdout)),
     }
     return model, metrics

@@ -1,7 +1,8 @@
 """The ``evaluate@*`` and ``evaluate_real`` stages' work: score generated (or real) images.
 
-A variant's samples are decoded by the tokenizer and quantised to uint8 like the real images;
-``real`` takes a fixed subset of real train images instead (the floor). Both go through the
+A variant's samples are decoded by the tokenizer and quantised to uint8 like the real images.
+The floors take held-out train images the classifier never trained on
+(:mod:`pipeline.metrics.holdout`): ``real`` as they are, ``recon`` through ``decode(encode(x))``. Both go through the
 extractors of :mod:`pipeline.metrics.extraction` and are scored against ``data/reference`` into the
 keys of :data:`pipeline.metrics.METRIC_KEYS`, with the same numbers on one process or several.
 With ``eval.inception`` and ``eval.inception_weights``, the images also go through the
@@ -24,7 +25,7 @@ from pipeline.files import read_json
 from pipeline.images import quantize
 from pipeline.metrics import FeatureSet, load_reference, score
 from pipeline.metrics.classifier import DomainClassifier
-from pipeline.metrics.extraction import extract_shared, extractors, inception_classifier, real_features
+from pipeline.metrics.extraction import extract_shared, extractors, floor_features, inception_classifier
 from pipeline.metrics.inception import InceptionExtractor
 from pipeline.shards import load_split
 
@@ -70,8 +71,8 @@ def _sample_features(cfg: Config, variant: str, classifier: DomainClassifier,
 
 
 def evaluate(cfg: Config, name: str, state: PartialState) -> dict[str, Any] | None:
-    """The metrics of a variant's samples (or of real train images, ``real``); None off the main process."""
-    names = [*layout.GENERATOR_VARIANTS, layout.REAL]
+    """The metrics of a variant's samples (or of a floor: ``real``, ``recon``); None off the main process."""
+    names = [*layout.GENERATOR_VARIANTS, *layout.FLOORS]
     if name not in names:
         raise PipelineError(f"unknown evaluation {name!r}; choose one of {names}")
     # Inputs are checked before the long feature pass; only the main process scores.
@@ -79,14 +80,19 @@ def evaluate(cfg: Config, name: str, state: PartialState) -> dict[str, Any] | No
     if state.is_main_process:
         reference = load_reference(layout.REFERENCE_DIR, need_inception=cfg.eval.inception)
     sample_metrics = None
-    if name != layout.REAL:
+    if name not in layout.FLOORS:
         sample_metrics = layout.sample_metrics(name)
         if not sample_metrics.is_file():
             raise PipelineError(f"{sample_metrics} not found: run `dvc repro sample@{name}`")
     classifier, inception = extractors(cfg, state.device)
     is_net = inception_classifier(cfg, state.device)  # the Inception Score's classifier, or None
     if name == layout.REAL:
-        features = real_features(cfg, classifier, inception, state, is_net)
+        features = floor_features(cfg, classifier, inception, state, inception_classifier=is_net)
+    elif name == layout.RECON:
+        from pipeline.tokenizer.registry import load_tokenizer
+
+        tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device)
+        features = floor_features(cfg, classifier, inception, state, tokenizer, inception_classifier=is_net)
     else:
         features = _sample_features(cfg, name, classifier, inception, state, is_net)
     if not state.is_main_process:

@@ -3,7 +3,8 @@
 * :func:`reference_features`: the real reference split (``eval.reference_split``, optionally a
   deterministic subset of ``eval.reference_max``) through the domain classifier and, with
   ``eval.inception``, InceptionV3; written by the stage as ``data/reference/``.
-* :func:`real_features`: the fixed subset of real train images that ``evaluate_real`` scores.
+* :func:`floor_features`: the held-out train images (:mod:`pipeline.metrics.holdout`), as they are
+  (``evaluate_real``) or through ``decode(encode(x))`` (``evaluate_recon``, the tokenizer floor).
 
 Several processes (``accelerate launch`` / ``torchrun``, :mod:`pipeline.launch`): each one
 featurises a contiguous block of whole batches (:func:`extract_shared`); the main process gathers
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # Subset seeds are fixed constants: the real image sets never depend on `seed`.
 REFERENCE_SALT = 0
-REAL_SALT = 1
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
@@ -160,20 +160,35 @@ def reference_features(cfg: Config, state: PartialState) -> ReferenceFeatures | 
 
 
 def real_count(cfg: Config, num_classes: int) -> int:
-    """Real images scored by ``evaluate_real``: as many as one variant samples, unless set."""
+    """Held-out images scored by the floors: as many as one variant samples, unless set."""
     return cfg.eval.real_samples or num_classes * cfg.sample.per_class
 
 
-def real_features(cfg: Config, classifier: DomainClassifier, inception: InceptionExtractor | None,
-                   state: PartialState,
+def reconstructed(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], tokenizer: torch.nn.Module,
+                  device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``decode(encode(x))`` of uint8 image batches, quantised back to uint8 like the samples."""
+    from pipeline.images import quantize
+
+    for images, labels in batches:
+        with torch.inference_mode():
+            yield quantize(tokenizer.decode(tokenizer.encode(images.to(device).float() / 255.0))), labels
+
+
+def floor_features(cfg: Config, classifier: DomainClassifier, inception: InceptionExtractor | None,
+                   state: PartialState, tokenizer: torch.nn.Module | None = None,
                    inception_classifier: PtInceptionExtractor | None = None) -> FeatureSet | None:
+    """Features of the held-out train images; through ``tokenizer`` when one is given (rFID)."""
     from pipeline.data import ImageDataset, num_classes
+    from pipeline.metrics.holdout import holdout_indices
 
     dataset = ImageDataset(cfg, "train")
-    indices = deterministic_subset(len(dataset), real_count(cfg, num_classes()), REAL_SALT)
-    return extract_shared(
-        lambda items: dataset_batches(dataset, indices[items.start : items.stop], cfg.eval.batch_size,
-                                      cfg.data.workers),
-        len(indices), cfg.eval.batch_size, classifier, inception, state, desc="evaluate real",
-        inception_classifier=inception_classifier,
-    )
+    indices = holdout_indices(len(dataset), cfg.eval.holdout, real_count(cfg, num_classes()))
+
+    def batches_of(items: range) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        batches = dataset_batches(dataset, indices[items.start : items.stop], cfg.eval.batch_size,
+                                  cfg.data.workers)
+        return batches if tokenizer is None else reconstructed(batches, tokenizer, state.device)
+
+    return extract_shared(batches_of, len(indices), cfg.eval.batch_size, classifier, inception, state,
+                          desc="evaluate " + ("real" if tokenizer is None else "recon"),
+                          inception_classifier=inception_classifier)

@@ -1,7 +1,9 @@
-"""Stages ``evaluate@{base,control,kamig}`` and ``evaluate_real``: ``metrics/eval_<name>.json``.
+"""Stages ``evaluate@<variant>``, ``evaluate_real`` and ``evaluate_recon``: ``metrics/eval_<name>.json``.
 
 A variant's samples are decoded by the tokenizer, quantised to uint8 like the real images and
-scored against ``data/reference``; ``real`` scores real train images instead (the floor). Keys:
+scored against ``data/reference``. The floors score held-out train images the classifier never
+trained on: ``real`` as they are, ``recon`` through ``decode(encode(x))`` (the tokenizer floor,
+rFID). Keys:
 
     fid                    Fréchet distance of the domain-classifier features, samples vs reference
     fid_inception          the same on InceptionV3 pool3 features (null unless eval.inception)
@@ -13,7 +15,8 @@ scored against ``data/reference``; ``real`` scores real train images instead (th
 
 The work is :func:`pipeline.metrics.evaluation.evaluate`.
 
-Usage: ``python -m pipeline.stages.evaluate base|control|kamig|real`` (or under ``accelerate launch``).
+Usage: ``python -m pipeline.stages.evaluate base|control|permuted|kamig|real|recon`` (or under
+``accelerate launch``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ def run(cfg: Config, name: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     stage_main("evaluate", run, outputs=lambda name: [layout.eval_metrics(name)],
-               variants=[*layout.GENERATOR_VARIANTS, layout.REAL], argv=argv,
-               display=lambda name: "evaluate_real" if name == layout.REAL else f"evaluate@{name}")
+               variants=[*layout.GENERATOR_VARIANTS, *layout.FLOORS], argv=argv,
+               display=lambda name: f"evaluate_{name}" if name in layout.FLOORS else f"evaluate@{name}")
 
 
 if __name__ == "__main__":

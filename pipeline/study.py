@@ -1,0 +1,103 @@
+"""The study behind ``reports/fashion_mnist.md``: which experiments, in which order, and their records.
+
+Each experiment is one ``dvc exp run`` with every grid param set explicitly (a workspace
+experiment starts from the previous one's params). All four generator variants and both floors are
+scored in every experiment, so each one is a complete paired replicate:
+
+* ``b<base>-f<ft>``: base model seed ``seed = base``, fine-tune seed ``kamig.seed = ft``, all three
+  graphs. The fine-tune seeds on base 0 are the main comparison (the paper's protocol: one
+  pretrained backbone, fine-tuned); a second base seed shows whether the conclusion hinges on it.
+* ``b<base>-f<ft>-negmasked``: ``fusion.negative_at: masked`` (the paper's text) instead of ``all``.
+* ``b<base>-f<ft>-<graph>``: one graph alone, against the null control on the same graph.
+
+The sampling seed stays fixed: every variant of a replicate draws the same Gumbel noise (common
+random numbers), and the base model's samples are re-used across fine-tune seeds.
+
+A finished experiment leaves ``<results>/<name>.json`` (:func:`collect_record`): its overrides, the
+evaluation and training metrics of every variant and floor, and its wall time. The runner skips
+names whose record exists, so an interrupted study resumes where it stopped; the records are
+committed, and the report is rendered from them alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from pipeline import layout
+from pipeline.config import GraphName
+
+GRAPH_NAMES: tuple[str, ...] = get_args(GraphName)
+
+# The study's sample count per class: 5,000 samples per variant on Fashion-MNIST's 10 classes.
+STUDY_PER_CLASS = 500
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    base_seed: int
+    finetune_seed: int
+    graphs: tuple[str, ...] = GRAPH_NAMES
+    negative_at: str = "all"
+
+    def overrides(self, per_class: int) -> dict[str, Any]:
+        """Every grid param, explicitly, as ``dvc exp run -S`` values."""
+        return {"seed": self.base_seed, "kamig.seed": self.finetune_seed, "sample.per_class": per_class,
+                "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at}
+
+
+def experiment(base: int, ft: int, graphs: Sequence[str] = GRAPH_NAMES,
+               negative_at: str = "all") -> Experiment:
+    name = f"b{base}-f{ft}"
+    if tuple(graphs) != GRAPH_NAMES:
+        name += "-" + "+".join(graphs)
+    if negative_at != "all":
+        name += f"-neg{negative_at}"
+    return Experiment(name, base, ft, tuple(graphs), negative_at)
+
+
+def study_grid(finetune_seeds: Sequence[int], second_base_seeds: Sequence[int] = (),
+               ablation_seeds: Sequence[int] = (), negative_seeds: Sequence[int] = ()) -> list[Experiment]:
+    """The experiments in running order: the main comparison first, so a partial study is useful."""
+    runs = [experiment(0, ft) for ft in finetune_seeds]
+    runs += [experiment(0, ft, negative_at="masked") for ft in negative_seeds]
+    runs += [experiment(0, ft, graphs=(graph,)) for ft in ablation_seeds for graph in GRAPH_NAMES]
+    runs += [experiment(1, ft) for ft in second_base_seeds]
+    return runs
+
+
+def dvc_set_arguments(overrides: dict[str, Any]) -> list[str]:
+    arguments = []
+    for key, value in overrides.items():
+        text = f"[{','.join(value)}]" if isinstance(value, list) else str(value)
+        arguments += ["-S", f"{key}={text}"]
+    return arguments
+
+
+def collect_record(run: Experiment, per_class: int, seconds: float, stages_run: list[str],
+                   commit: str, metrics_dir: Path = layout.METRICS_DIR) -> dict[str, Any]:
+    """The record of a finished experiment, from the metrics files it left in the workspace."""
+    def read(name: str) -> dict[str, Any]:
+        return json.loads((metrics_dir / f"{name}.json").read_text())
+
+    evaluated = (*layout.GENERATOR_VARIANTS, *layout.FLOORS)
+    return {
+        "name": run.name,
+        "overrides": run.overrides(per_class),
+        "code_commit": commit,
+        "seconds": round(seconds, 1),
+        "stages_run": stages_run,
+        "evaluation": {name: read(f"eval_{name}") for name in evaluated},
+        "training": {name: read(f"train_{name}") for name in layout.GENERATOR_VARIANTS},
+        "sampling": {name: read(f"sample_{name}") for name in layout.GENERATOR_VARIANTS},
+        "graphs": read("graphs"),
+    }
+
+
+def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record in ``results_dir``, sorted by name."""
+    return [json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))]
