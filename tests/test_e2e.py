@@ -24,10 +24,10 @@ ALL_STAGES = {
     "prepare", "tokenizer", "tokenize", "graphs", "train_base", "finetune@control", "finetune@permuted",
     "finetune@kamig", "classifier", "reference", "sample@base", "sample@control", "sample@permuted",
     "sample@kamig", "evaluate@base", "evaluate@control", "evaluate@permuted", "evaluate@kamig",
-    "evaluate_real",
+    "evaluate_real", "evaluate_recon",
 }
 EVAL_KEYS = {"fid", "fid_se", "fid_inception", "inception_score", "precision", "recall", "class_accuracy",
-             "n_samples", "sampling_images_per_s"}
+             "n_samples", "fid_small_sample", "fid_subsets", "sampling_images_per_s"}
 
 
 def stages_run(output: str) -> set[str]:
@@ -53,7 +53,7 @@ def test_repro_runs_every_stage_and_writes_the_contract(repo):
     flat = train["tokens"].explode()
     assert flat.min() >= 0 and flat.max() < meta["codebook_size"]
     assert pl.scan_parquet(str(path / "data/tokens/val/*.parquet")).collect().height == 128
-    for variant in ("base", "control", "permuted", "kamig", "real"):
+    for variant in ("base", "control", "permuted", "kamig", "real", "recon"):
         metrics = json.loads((path / f"metrics/eval_{variant}.json").read_text())
         assert set(metrics) == EVAL_KEYS
         assert metrics["fid"] >= 0
