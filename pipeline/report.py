@@ -183,9 +183,13 @@ def _contrast_rows(records: Sequence[Record]) -> list[list[str]]:
         effect = contrast(records, minuend, subtrahend)
         reference = estimate(fid(r, subtrahend) for r in records).mean
         low, high = effect.interval
-        rows.append([f"{label}: {minuend} − {subtrahend}", f"{effect.mean:+.2f}",
-                     f"{low:+.2f} to {high:+.2f}", f"{effect.mean / reference:+.1%}",
-                     f"±{effect.half_width / reference:.1%}", f"{effect.mde / reference:.1%}",
+        relative = f"{effect.mean / reference:+.1%}"
+        if effect.n > 1:
+            spread = [f"{low:+.2f} to {high:+.2f}", relative, f"±{effect.half_width / reference:.1%}",
+                      f"{effect.mde / reference:.1%}"]
+        else:
+            spread = ["–", relative, "–", "–"]
+        rows.append([f"{label}: {minuend} − {subtrahend}", f"{effect.mean:+.2f}", *spread,
                      f"{sum(v < 0 for v in effect.values)} of {effect.n}", verdict(effect, reference)])
     return rows
 
@@ -262,6 +266,9 @@ def _conclusion(main: Sequence[Record]) -> list[str]:
     rfid = estimate(fid(r, "recon") for r in main).mean
     kamig_fid = estimate(fid(r, "kamig") for r in main).mean
     goal = knowledge.half_width / null_fid
+    if knowledge.n < 2:
+        return [f"* Only {knowledge.n} replicate so far (KA-MIG − null = {knowledge.mean:+.2f} FID): no "
+                "interval yet. Run `python scripts/run_experiments.py` for the rest of the grid."]
     return [
         f"* **Does the knowledge help?** KA-MIG − null = {knowledge.mean:+.2f} FID "
         f"({knowledge.mean / null_fid:+.1%}), 95% CI {knowledge.interval[0]:+.2f} to "
