@@ -102,12 +102,18 @@ class Estimate:
         t_sum = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df) + scipy.stats.t.ppf(POWER, df)
         return float(t_sum) * self.sd / math.sqrt(self.n)
 
-    def replicates_for(self, effect: float) -> int | None:
-        """Replicates for an MDE of ``effect`` at this spread (normal approximation); None if unknown."""
+    def replicates_for(self, effect: float, power: float | None = POWER, at_most: int = 10_000) -> int | None:
+        """Replicates whose MDE is ``effect`` at this spread (Student t), or with ``power=None`` whose
+        CI half-width is; None if the spread is unknown."""
         if self.n < 2 or not self.sd > 0 or effect <= 0:
             return None
-        z_sum = scipy.stats.norm.ppf(0.5 + CONFIDENCE / 2) + scipy.stats.norm.ppf(POWER)
-        return math.ceil((z_sum * self.sd / effect) ** 2)
+        for n in range(2, at_most + 1):
+            t_sum = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)
+            if power is not None:
+                t_sum += scipy.stats.t.ppf(power, n - 1)
+            if t_sum * self.sd / math.sqrt(n) <= effect:
+                return n
+        return None
 
 
 def estimate(values: Iterable[float | None]) -> Estimate:
@@ -278,7 +284,8 @@ def _conclusion(main: Sequence[Record]) -> list[str]:
         f"({capacity.mean / control_fid:+.1%}): {verdict(capacity, control_fid)}.",
         f"* **Power.** The design's minimum detectable effect is {knowledge.mde:.2f} FID "
         f"({knowledge.mde / null_fid:.1%} of the null's FID); the CI half-width is "
-        f"{goal:.1%} (the goal was at most 3%).",
+        f"{goal:.1%} (the goal was at most 3%; at this spread about "
+        f"{knowledge.replicates_for(0.03 * null_fid, power=None)} replicates reach it).",
         f"* **Distance to the tokenizer floor.** KA-MIG's FID {kamig_fid:.2f} is {kamig_fid - rfid:.2f} "
         f"above the tokenizer floor (rFID {rfid:.2f}); the whole knowledge effect is measured in that gap.",
     ]

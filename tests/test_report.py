@@ -31,6 +31,12 @@ def test_estimate_interval_and_mde_follow_student_t():
     assert e.mde == pytest.approx((t + scipy.stats.t.ppf(0.8, 3)) * e.sd / 2)
     assert e.mde > e.half_width
     assert math.isnan(Estimate((1.0,)).half_width)
+    # The replicates that bring the MDE down to an effect: the first n whose t-based MDE reaches it.
+    needed = e.replicates_for(1.0)
+    mde = lambda n: (scipy.stats.t.ppf(0.975, n - 1) + scipy.stats.t.ppf(0.8, n - 1)) * e.sd / math.sqrt(n)  # noqa: E731
+    assert mde(needed) <= 1.0 < mde(needed - 1)
+    # A CI half-width of 1.0 needs fewer replicates than detecting 1.0 with 80% power.
+    assert 2 <= e.replicates_for(1.0, power=None) < needed
 
 
 def test_contrast_is_paired_within_a_replicate():
