@@ -159,7 +159,7 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 def _with_ci(e: Estimate, digits: int = 2) -> str:
     if e.n == 0:
         return "–"
-    if e.n == 1:
+    if e.n == 1 or e.sd == 0:  # e.g. the base model's samples, the same in every replicate
         return f"{e.mean:.{digits}f}"
     return f"{e.mean:.{digits}f} ± {e.half_width:.{digits}f}"
 

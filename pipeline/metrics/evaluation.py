@@ -1,10 +1,11 @@
-"""The ``evaluate@*`` and ``evaluate_real`` stages' work: score generated (or real) images.
+"""The ``evaluate@*``, ``evaluate_real`` and ``evaluate_recon`` stages' work: score images.
 
 A variant's samples are decoded by the tokenizer and quantised to uint8 like the real images.
 The floors take held-out train images the classifier never trained on
-(:mod:`pipeline.metrics.holdout`): ``real`` as they are, ``recon`` through ``decode(encode(x))``. Both go through the
-extractors of :mod:`pipeline.metrics.extraction` and are scored against ``data/reference`` into the
-keys of :data:`pipeline.metrics.METRIC_KEYS`, with the same numbers on one process or several.
+(:mod:`pipeline.metrics.holdout`): ``real`` as they are, ``recon`` through ``decode(encode(x))``.
+All go through the extractors of :mod:`pipeline.metrics.extraction` and are scored against
+``data/reference`` into the keys of :data:`pipeline.metrics.METRIC_KEYS`, with the same numbers on
+one process or several.
 With ``eval.inception`` and ``eval.inception_weights``, the images also go through the
 pt_inception port (:mod:`pipeline.metrics.inception_pt`) for the Inception Score.
 """
