@@ -66,7 +66,7 @@ def main() -> int:
         print(f"{state}  {run.name:<28} {' '.join(dvc_set_arguments(run.overrides(args.per_class))[1::2])}")
     if args.dry_run or not todo:
         return 0
-    commit, started, failed = head_commit(), time.time(), []
+    commit, started, failed, finished = head_commit(), time.time(), [], 0
     for index, run in enumerate(todo, 1):
         if args.budget_min is not None and time.time() - started > 60 * args.budget_min:
             print(f"budget of {args.budget_min:g} min spent: {len(todo) - index + 1} experiments left")
@@ -88,10 +88,11 @@ def main() -> int:
         record = collect_record(run, args.per_class, seconds, stages, commit)
         results.mkdir(parents=True, exist_ok=True)
         write_text(results / f"{run.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        finished += 1
     # Back to HEAD: the experiments live on as refs (`dvc exp show`) and as the records.
     subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], check=False)
     dvc("checkout", "--quiet")
-    print(f"{len(todo) - len(failed)} experiments in {(time.time() - started) / 60:.1f} min"
+    print(f"{finished} experiments in {(time.time() - started) / 60:.1f} min"
           + (f"; failed: {', '.join(failed)}" if failed else "") + "; now: python scripts/make_report.py")
     return 1 if failed else 0
 
