@@ -27,10 +27,13 @@ from typing import Any
 
 import scipy.stats
 
+from pipeline import layout
+from pipeline.study import GRAPH_NAMES
+
 Record = dict[str, Any]
-GRAPHS = ("cooccurrence", "similarity", "incompatibility")
-VARIANTS = ("base", "control", "permuted", "kamig")
-FLOORS = ("real", "recon")
+GRAPHS = GRAPH_NAMES
+VARIANTS = layout.GENERATOR_VARIANTS
+FLOORS = layout.FLOORS
 LABELS = {"base": "base (no fine-tune)", "control": "control (head-only fine-tune)",
           "permuted": "null (adapter on permuted graphs)", "kamig": "KA-MIG", "real": "held-out real images",
           "recon": "tokenizer floor: decode(encode(x))"}

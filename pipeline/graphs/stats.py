@@ -64,10 +64,16 @@ def self_weight_mean(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, occur
     to it, ``1 / (k + 1)`` an even mix with k neighbours. A diagnostic for whether a graph can carry
     information into the model at all.
     """
-    diagonal = np.zeros(len(occurring), dtype=np.float64)
+    diagonal = _diagonal(src, dst, weight, len(occurring))
+    return float(diagonal[occurring].mean()) if occurring.any() else 0.0
+
+
+def _diagonal(src: np.ndarray, dst: np.ndarray, weight: np.ndarray, num_nodes: int) -> np.ndarray:
+    """The diagonal of the operator given as (src, dst, weight) edges (0 where a node has no loop)."""
+    diagonal = np.zeros(num_nodes, dtype=np.float64)
     loops = src == dst
     diagonal[src[loops]] = weight[loops]
-    return float(diagonal[occurring].mean()) if occurring.any() else 0.0
+    return diagonal
 
 
 def neighbour_to_self_median(src: np.ndarray, dst: np.ndarray, weight: np.ndarray) -> float:
@@ -76,10 +82,8 @@ def neighbour_to_self_median(src: np.ndarray, dst: np.ndarray, weight: np.ndarra
     How much a typical neighbour counts against the token itself in one layer: near 0 the graph
     is close to the identity and carries almost nothing; near 1 neighbours weigh like the token.
     """
-    loops = src == dst
-    diagonal = np.zeros(int(max(src.max(initial=0), dst.max(initial=0))) + 1)
-    diagonal[src[loops]] = weight[loops]
-    edges = ~loops & (diagonal[src] > 0)
+    diagonal = _diagonal(src, dst, weight, int(max(src.max(initial=0), dst.max(initial=0))) + 1)
+    edges = (src != dst) & (diagonal[src] > 0)
     return float(np.median(weight[edges] / diagonal[src[edges]])) if edges.any() else 0.0
 
 
