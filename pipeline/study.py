@@ -10,10 +10,15 @@ scored in every experiment, so each one is a complete paired replicate:
 * ``b<base>-f<ft>-negmasked``: ``fusion.negative_at: masked`` (the paper's text) instead of ``all``.
 * ``b<base>-f<ft>-<graph>``: one graph alone, against the null control on the same graph.
 
+Every experiment runs at the study's scale, ``configs/study.yaml``: longer training than the
+15-minute default DAG and 5,000 samples per variant. Its keys are set on every experiment beside
+the grid's, so the study's models do not change when the default is trimmed, and DVC's run-cache
+serves the stages shared between experiments.
+
 The sampling seed stays fixed: every variant of a replicate draws the same Gumbel noise (common
 random numbers), and the base model's samples are re-used across fine-tune seeds.
 
-A finished experiment leaves ``<results>/<name>.json`` (:func:`collect_record`): its overrides, the
+A finished experiment leaves ``<results>/<name>.json`` (:func:`collect_record`): its settings, the
 evaluation and training metrics of every variant and floor, and its wall time. The runner skips
 names whose record exists, so an interrupted study resumes where it stopped; the records are
 committed, and the report is rendered from them alone.
@@ -22,18 +27,43 @@ committed, and the report is rendered from them alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
+import yaml
+
 from pipeline import layout
-from pipeline.config import GraphName
+from pipeline.config import DEFAULT_PARAMS, GraphName, config_from_dict, merge_overlay
 
 GRAPH_NAMES: tuple[str, ...] = get_args(GraphName)
+STUDY_PRESET = Path("configs/study.yaml")
+# The params the grid varies; the scale preset must leave them to it.
+GRID_KEYS = ("seed", "kamig.seed", "fusion.graphs", "fusion.negative_at")
 
-# The study's sample count per class: 5,000 samples per variant on Fashion-MNIST's 10 classes.
-STUDY_PER_CLASS = 500
+
+def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}``: the keys ``dvc exp run -S`` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def study_scale(preset: str | Path = STUDY_PRESET, params: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
+    """The preset's settings as dotted keys, after checking that they are valid on ``params``."""
+    overlay = yaml.safe_load(Path(preset).read_text()) or {}
+    base = yaml.safe_load(Path(params).read_text()) or {}
+    config_from_dict(merge_overlay(base, overlay), source=f"{params} + {preset}")
+    scale = dotted(overlay)
+    clashing = sorted(set(scale) & set(GRID_KEYS))
+    if clashing:
+        raise ValueError(f"{preset} sets {', '.join(clashing)}, which the study's grid varies")
+    return scale
 
 
 @dataclass(frozen=True)
@@ -44,9 +74,9 @@ class Experiment:
     graphs: tuple[str, ...] = GRAPH_NAMES
     negative_at: str = "all"
 
-    def overrides(self, per_class: int) -> dict[str, Any]:
-        """Every grid param, explicitly, as ``dvc exp run -S`` values."""
-        return {"seed": self.base_seed, "kamig.seed": self.finetune_seed, "sample.per_class": per_class,
+    def overrides(self, scale: Mapping[str, Any]) -> dict[str, Any]:
+        """The scale's settings and every grid param, explicitly, as ``dvc exp run -S`` values."""
+        return {**scale, "seed": self.base_seed, "kamig.seed": self.finetune_seed,
                 "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at}
 
 
@@ -73,12 +103,12 @@ def study_grid(finetune_seeds: Sequence[int], second_base_seeds: Sequence[int] =
 def dvc_set_arguments(overrides: dict[str, Any]) -> list[str]:
     arguments = []
     for key, value in overrides.items():
-        text = f"[{','.join(value)}]" if isinstance(value, list) else str(value)
+        text = f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
         arguments += ["-S", f"{key}={text}"]
     return arguments
 
 
-def collect_record(run: Experiment, per_class: int, seconds: float, stages_run: list[str],
+def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, stages_run: list[str],
                    commit: str, metrics_dir: Path = layout.METRICS_DIR) -> dict[str, Any]:
     """The record of a finished experiment, from the metrics files it left in the workspace."""
     def read(name: str) -> dict[str, Any]:
@@ -87,7 +117,7 @@ def collect_record(run: Experiment, per_class: int, seconds: float, stages_run: 
     evaluated = (*layout.GENERATOR_VARIANTS, *layout.FLOORS)
     return {
         "name": run.name,
-        "overrides": run.overrides(per_class),
+        "overrides": run.overrides(scale),
         "code_commit": commit,
         "seconds": round(seconds, 1),
         "stages_run": stages_run,

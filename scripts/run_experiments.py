@@ -1,12 +1,14 @@
 """Run the study behind reports/fashion_mnist.md, one `dvc exp run` after another; resumable.
 
     python scripts/run_experiments.py [--finetune-seeds 0 1 ... 9] [--second-base 0 1 2 3 4]
-        [--ablation 0 1 2] [--negative 0 1 2] [--per-class 500] [--results reports/study]
-        [--budget-min M] [--dry-run]
+        [--ablation 0 1 2] [--negative 0 1 2] [--preset configs/study.yaml] [--per-class N]
+        [--results reports/study] [--budget-min M] [--dry-run]
 
 The grid and its order are pipeline.study's: fine-tune seeds on base 0 first (the main
 comparison), then fusion.negative_at: masked, the one-graph ablation, and a second base seed.
-Each experiment is a named `dvc exp run` with every grid param set; its record (params, metrics
+Each experiment is a named `dvc exp run` with every setting of the study's scale (configs/study.yaml,
+or --preset) and every grid param set; `--per-class` overrides the scale's sample count (a quick
+look; its records are not comparable). Its record (settings, metrics
 of all variants and floors, wall time) goes to <results>/<name>.json. Names with a record are
 skipped, so after an interruption the same command resumes; commit the records as they arrive.
 `--budget-min` stops starting new experiments after that many minutes. At the end the workspace
@@ -27,7 +29,7 @@ import time
 from pathlib import Path
 
 from pipeline.files import write_text
-from pipeline.study import STUDY_PER_CLASS, collect_record, dvc_set_arguments, study_grid
+from pipeline.study import STUDY_PRESET, collect_record, dvc_set_arguments, study_grid, study_scale
 
 # This interpreter's environment first on PATH, so DVC and the stages' `python` are the project's
 # even when the virtual environment is not activated.
@@ -52,18 +54,23 @@ def main() -> int:
                         help="fine-tune seeds of the one-graph ablation")
     parser.add_argument("--negative", type=int, nargs="*", default=list(range(3)),
                         help="fine-tune seeds with fusion.negative_at: masked")
-    parser.add_argument("--per-class", type=int, default=STUDY_PER_CLASS)
+    parser.add_argument("--preset", default=str(STUDY_PRESET), help="the study's scale, a params overlay")
+    parser.add_argument("--per-class", type=int, default=None, help="override the scale's sample.per_class")
     parser.add_argument("--results", default="reports/study")
     parser.add_argument("--budget-min", type=float, default=None, help="start no experiment after this")
     parser.add_argument("--dry-run", action="store_true", help="print the grid, run nothing")
     args = parser.parse_args()
 
     results = Path(args.results)
+    scale = study_scale(args.preset)
+    if args.per_class is not None:
+        scale["sample.per_class"] = args.per_class
     runs = study_grid(args.finetune_seeds, args.second_base, args.ablation, args.negative)
     todo = [run for run in runs if not (results / f"{run.name}.json").is_file()]
+    print(f"scale ({args.preset}): {' '.join(dvc_set_arguments(scale)[1::2])}")
     for run in runs:
         state = "todo" if run in todo else "done"
-        print(f"{state}  {run.name:<28} {' '.join(dvc_set_arguments(run.overrides(args.per_class))[1::2])}")
+        print(f"{state}  {run.name:<28} {' '.join(dvc_set_arguments(run.overrides({}))[1::2])}")
     if args.dry_run or not todo:
         return 0
     commit, started, failed, finished = head_commit(), time.time(), [], 0
@@ -71,7 +78,7 @@ def main() -> int:
         if args.budget_min is not None and time.time() - started > 60 * args.budget_min:
             print(f"budget of {args.budget_min:g} min spent: {len(todo) - index + 1} experiments left")
             break
-        settings = dvc_set_arguments(run.overrides(args.per_class))
+        settings = dvc_set_arguments(run.overrides(scale))
         print(f"[{index}/{len(todo)}] dvc exp run --name {run.name} {' '.join(settings)}", flush=True)
         # A name left by an interrupted run would make DVC refuse to run it again.
         dvc("exp", "remove", run.name)
@@ -85,7 +92,7 @@ def main() -> int:
             failed.append(run.name)
             print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
             continue
-        record = collect_record(run, args.per_class, seconds, stages, commit)
+        record = collect_record(run, scale, seconds, stages, commit)
         results.mkdir(parents=True, exist_ok=True)
         write_text(results / f"{run.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
         finished += 1

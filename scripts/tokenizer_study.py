@@ -9,7 +9,8 @@ train images, through this workspace's domain classifier, against ``data/referen
 the rFID with its bootstrap standard error, the val PSNR, and the training time, so the choice of a
 tokenizer recipe is measured, not guessed. Needs ``dvc repro reference`` first (the classifier and
 the reference). Nothing in the DVC pipeline changes; a chosen recipe goes into params.yaml or a
-preset. Results already in the output file (by recipe) are kept and skipped.
+preset. Each row keeps the full tokenizer settings it was measured with; a recipe whose settings
+and image count already have a row is skipped, so a changed params.yaml is measured afresh.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pipeline.metrics import load_reference, score
 from pipeline.metrics.extraction import extractors, floor_features
 from pipeline.tokenizer.train import evaluate_tokenizer, fit_tokenizer, val_batches
 
-# params.yaml's recipe, and the same one given the ~10 minutes of training the study can afford.
-DEFAULT_RECIPES = ("", "steps=1000")
+# params.yaml's recipe, the study's (configs/study.yaml), and the ~10 minutes of training it can afford.
+DEFAULT_RECIPES = ("", "steps=600 eval_images=10000", "steps=1000 eval_images=10000")
 WORKSPACE = "params.yaml (models/tokenizer)"
 
 
@@ -65,7 +66,14 @@ def measure(cfg: Config, recipe: str) -> dict[str, Any]:
                     bootstrap=cfg.eval.bootstrap)
     return {"recipe": recipe or "params.yaml", "train_seconds": seconds, "rfid": metrics["fid"],
             "rfid_se": metrics["fid_se"], "n_images": metrics["n_samples"], "psnr": quality.psnr,
-            "codebook_usage": quality.codebook_usage, "steps": cfg.tokenizer.steps}
+            "codebook_usage": quality.codebook_usage, "steps": cfg.tokenizer.steps,
+            "tokenizer": cfg.to_dict()["tokenizer"]}
+
+
+def measured(rows: list[dict[str, Any]], cfg: Config) -> bool:
+    """Whether a row holds exactly these tokenizer settings at this image count."""
+    settings = cfg.to_dict()["tokenizer"]
+    return any(row.get("tokenizer") == settings and row["n_images"] == cfg.eval.real_samples for row in rows)
 
 
 def main() -> int:
@@ -78,16 +86,16 @@ def main() -> int:
     args = parser.parse_args()
     output = Path(args.output)
     rows = json.loads(output.read_text()) if output.is_file() else []
-    done = {row["recipe"] for row in rows}
     base = load_config()
     recipes = list(args.recipe or DEFAULT_RECIPES)
     if args.score_workspace:
         recipes = [WORKSPACE if recipe == "" else recipe for recipe in recipes]
     for recipe in recipes:
-        if (recipe or "params.yaml") in done:
-            print(f"done  {recipe or 'params.yaml'}")
+        cfg = recipe_config(base, "" if recipe == WORKSPACE else recipe, args.images)
+        if measured(rows, cfg):
+            print(f"done  {recipe or 'params.yaml'} (steps={cfg.tokenizer.steps})")
             continue
-        row = measure(recipe_config(base, "" if recipe == WORKSPACE else recipe, args.images), recipe)
+        row = measure(cfg, recipe)
         rows.append(row)
         print(json.dumps(row), flush=True)
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,11 @@ def test_params_yaml_is_valid_and_lists_every_key():
     assert cfg.fusion.weight == 1.0
 
 
+def test_params_yaml_holds_the_schema_defaults():
+    # A key missing from an overlay takes the schema's default: the two must not drift apart.
+    assert load_config(REPO / "params.yaml") == Config()
+
+
 def test_required_top_level_sections():
     sections = set(Config().to_dict())
     assert {"seed", "data", "tokenizer", "tokenize", "graphs", "model", "train", "kamig", "fusion",

@@ -35,6 +35,14 @@ def test_holdout_is_capped_at_half_the_split_and_a_too_large_floor_fails():
         holdout_indices(1000, 100, 101)
 
 
+def test_the_cap_is_reported_once_however_often_it_is_asked(caplog):
+    with caplog.at_level("WARNING", logger="pipeline.metrics.holdout"):
+        for _ in range(3):  # a train size no other test uses: the report is once per process
+            assert holdout_size(1234, 1000) == 617
+    assert [record.getMessage() for record in caplog.records] == [
+        "eval.holdout = 1000 exceeds half of the 1234 train images: holding out 617"]
+
+
 def test_the_classifier_never_sees_a_held_out_image(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 

@@ -19,7 +19,8 @@ def _record(ft: int, fids: dict[str, float], base: int = 0, graphs=None, negativ
         evaluation[name] = {"fid": fids.get(name, {"real": 6.0, "recon": 25.0}.get(name, 45.0)),
                             "fid_se": 1.0, "precision": 0.7, "recall": 0.4, "class_accuracy": 0.9,
                             "n_samples": 5000, "fid_subsets": {"1000": fids.get(name, 45.0) + 3.0}}
-    return {"name": run.name, "overrides": run.overrides(500), "seconds": 600.0, "evaluation": evaluation,
+    return {"name": run.name, "overrides": run.overrides({"sample.per_class": 500}), "seconds": 600.0,
+            "evaluation": evaluation,
             "graphs": {"similarity": {"self_weight_mean": 0.6, "neighbour_to_self_median": 0.4,
                                       "max_row_sum": 1.01, "mean_degree": 2.8}}}
 

@@ -6,9 +6,24 @@ import json
 import subprocess
 import sys
 
+import pytest
+import yaml
+
 from pipeline import layout
-from pipeline.study import GRAPH_NAMES, collect_record, dvc_set_arguments, experiment, study_grid
+from pipeline.config import ConfigError
+from pipeline.study import (
+    GRAPH_NAMES,
+    STUDY_PRESET,
+    collect_record,
+    dotted,
+    dvc_set_arguments,
+    experiment,
+    study_grid,
+    study_scale,
+)
 from tests.helpers import REPO_ROOT
+
+SCALE = {"train.steps": 2500, "sample.per_class": 500}
 
 
 def test_grid_order_names_and_overrides():
@@ -17,14 +32,40 @@ def test_grid_order_names_and_overrides():
     assert names == ["b0-f0", "b0-f1", "b0-f1-negmasked", "b0-f0-cooccurrence", "b0-f0-similarity",
                      "b0-f0-incompatibility", "b1-f0"]
     assert len(set(names)) == len(names)
-    assert runs[-1].overrides(500) == {"seed": 1, "kamig.seed": 0, "sample.per_class": 500,
-                                       "fusion.graphs": list(GRAPH_NAMES), "fusion.negative_at": "all"}
-    assert experiment(0, 2, graphs=("similarity",)).overrides(7)["fusion.graphs"] == ["similarity"]
+    assert runs[-1].overrides(SCALE) == {"train.steps": 2500, "sample.per_class": 500, "seed": 1,
+                                         "kamig.seed": 0, "fusion.graphs": list(GRAPH_NAMES),
+                                         "fusion.negative_at": "all"}
+    assert experiment(0, 2, graphs=("similarity",)).overrides({})["fusion.graphs"] == ["similarity"]
+
+
+def test_the_study_scale_is_the_committed_preset_as_dvc_keys():
+    scale = study_scale(REPO_ROOT / STUDY_PRESET, REPO_ROOT / "params.yaml")
+    assert scale == dotted(yaml.safe_load((REPO_ROOT / STUDY_PRESET).read_text()))
+    assert scale["sample.per_class"] == 500 and scale["train.steps"] == 2500
+    defaults = dotted(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()))
+    # The preset is an overlay: every key exists in params.yaml, and it changes something.
+    assert set(scale) <= set(defaults) and any(defaults[key] != value for key, value in scale.items())
+
+
+def test_dotted_keys_flatten_nested_mappings_only():
+    assert dotted({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": None}) == {"a.b": 1, "a.c.d": [1, 2], "e": None}
+
+
+def test_a_preset_with_a_typo_or_a_grid_key_fails_before_any_experiment(tmp_path):
+    params = REPO_ROOT / "params.yaml"
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  stepz: 10\n")
+    with pytest.raises(ConfigError, match="stepz"):
+        study_scale(typo, params)
+    clash = tmp_path / "clash.yaml"
+    clash.write_text("kamig:\n  seed: 3\n")
+    with pytest.raises(ValueError, match="kamig.seed"):
+        study_scale(clash, params)
 
 
 def test_dvc_arguments_set_every_key_with_lists_in_yaml_form():
-    arguments = dvc_set_arguments(experiment(0, 3, negative_at="masked").overrides(100))
-    assert arguments[::2] == ["-S"] * 5
+    arguments = dvc_set_arguments(experiment(0, 3, negative_at="masked").overrides(SCALE))
+    assert arguments[::2] == ["-S"] * 6 and "train.steps=2500" in arguments
     assert "fusion.graphs=[cooccurrence,similarity,incompatibility]" in arguments
     assert "fusion.negative_at=masked" in arguments and "kamig.seed=3" in arguments
 
@@ -36,9 +77,10 @@ def test_a_record_holds_every_variant_and_floor(tmp_path):
         (tmp_path / f"train_{name}.json").write_text("{}")
         (tmp_path / f"sample_{name}.json").write_text(json.dumps({"seconds": 1.0}))
     (tmp_path / "graphs.json").write_text("{}")
-    record = collect_record(experiment(0, 1), 500, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path)
+    record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path)
     assert record["evaluation"]["recon"] == {"fid": 5} and record["evaluation"]["permuted"] == {"fid": 8}
     assert record["seconds"] == 12.3 and record["overrides"]["kamig.seed"] == 1
+    assert record["overrides"]["sample.per_class"] == 500
 
 
 def test_the_runner_skips_experiments_that_have_a_record(tmp_path):
@@ -48,5 +90,6 @@ def test_the_runner_skips_experiments_that_have_a_record(tmp_path):
          "--finetune-seeds", "0", "1", "--second-base", "--ablation", "--negative"],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )
-    lines = [line.split()[:2] for line in result.stdout.splitlines()]
-    assert lines == [["done", "b0-f0"], ["todo", "b0-f1"]]
+    scale_line, *lines = result.stdout.splitlines()
+    assert "train.steps=2500" in scale_line and "sample.per_class=500" in scale_line
+    assert [line.split()[:2] for line in lines] == [["done", "b0-f0"], ["todo", "b0-f1"]]

@@ -14,6 +14,7 @@ The tokenizer and the generators do train on them, as on every train image.
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -29,9 +30,14 @@ def holdout_size(num_train: int, holdout: int) -> int:
     """``eval.holdout``, capped at half the train split so the classifier keeps most of its data."""
     size = min(holdout, num_train // 2)
     if size < holdout:
-        log.warning("eval.holdout = %d exceeds half of the %d train images: holding out %d",
-                    holdout, num_train, size)
+        _warn_capped(num_train, holdout, size)
     return size
+
+
+@functools.cache  # once per process: the classifier stage asks twice (its batches and its metrics)
+def _warn_capped(num_train: int, holdout: int, size: int) -> None:
+    log.warning("eval.holdout = %d exceeds half of the %d train images: holding out %d",
+                holdout, num_train, size)
 
 
 def _order(num_train: int) -> np.ndarray:
