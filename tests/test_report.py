@@ -69,8 +69,10 @@ def test_report_states_the_answer_the_floor_and_what_is_missing():
     rng = np.random.default_rng(0)
     records = [_record(ft, {"control": 46.0 + d, "permuted": 45.0 + d, "kamig": 45.0 + d + e})
                for ft, (d, e) in enumerate(zip(rng.normal(0, 2, 6), rng.normal(0, 0.3, 6)))]
+    records[0]["seconds"] = 3600.0  # a replicate that also trained the base model: not the typical cost
     text = render_report(records)
     assert "**ruled out" in text  # KA-MIG − null within a few tenths: an 8% effect is excluded
+    assert "Cost: 10.0 min of 2-core CPU per replicate, the median" in text
     assert "rFID (the tokenizer floor) is 25.00" in text
     assert "| knowledge: kamig − permuted |" in text
     assert "Not run yet" in text  # no ablation, negative_at or second-base records
