@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.config import ConfigError
 from pipeline.files import write_text
 from pipeline.study import STUDY_PRESET, collect_record, dvc_set_arguments, study_grid, study_scale
 
@@ -62,7 +63,11 @@ def main() -> int:
     args = parser.parse_args()
 
     results = Path(args.results)
-    scale = study_scale(args.preset)
+    try:  # a typo in the preset, or a key the grid varies, fails before any experiment
+        scale = study_scale(args.preset)
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.per_class is not None:
         scale["sample.per_class"] = args.per_class
     runs = study_grid(args.finetune_seeds, args.second_base, args.ablation, args.negative)

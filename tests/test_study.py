@@ -93,3 +93,14 @@ def test_the_runner_skips_experiments_that_have_a_record(tmp_path):
     scale_line, *lines = result.stdout.splitlines()
     assert "train.steps=2500" in scale_line and "sample.per_class=500" in scale_line
     assert [line.split()[:2] for line in lines] == [["done", "b0-f0"], ["todo", "b0-f1"]]
+
+
+def test_the_runner_refuses_a_bad_preset_with_a_message(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("sample:\n  per_clas: 500\n")
+    result = subprocess.run(
+        [sys.executable, "scripts/run_experiments.py", "--dry-run", "--preset", str(preset),
+         "--results", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and "sample.per_clas" in result.stderr
