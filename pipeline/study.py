@@ -39,8 +39,6 @@ from pipeline.config import DEFAULT_PARAMS, GraphName, config_from_dict, merge_o
 
 GRAPH_NAMES: tuple[str, ...] = get_args(GraphName)
 STUDY_PRESET = Path("configs/study.yaml")
-# The params the grid varies; the scale preset must leave them to it.
-GRID_KEYS = ("seed", "kamig.seed", "fusion.graphs", "fusion.negative_at")
 
 
 def dotted(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,7 +58,8 @@ def study_scale(preset: str | Path = STUDY_PRESET, params: str | Path = DEFAULT_
     base = yaml.safe_load(Path(params).read_text()) or {}
     config_from_dict(merge_overlay(base, overlay), source=f"{params} + {preset}")
     scale = dotted(overlay)
-    clashing = sorted(set(scale) & set(GRID_KEYS))
+    # The params the grid varies (any experiment's, with no scale) are left to it.
+    clashing = sorted(set(scale) & set(experiment(0, 0).overrides({})))
     if clashing:
         raise ValueError(f"{preset} sets {', '.join(clashing)}, which the study's grid varies")
     return scale
