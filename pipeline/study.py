@@ -127,6 +127,23 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
     }
 
 
+def warm_start_names(records: Sequence[Mapping[str, Any]], run: Experiment,
+                     scale: Mapping[str, Any]) -> list[str]:
+    """Finished experiments whose upstream outputs ``run`` can re-use: same base seed, same scale.
+
+    Their ``dvc.lock`` lets the runner check out their tokenizer, graphs and base model from the
+    cache instead of training them again (``train_base``'s persistent checkpoints keep the
+    run-cache from restoring it). DVC still compares every dependency hash in that lock with the
+    workspace, so a stage whose code or params changed since is re-run, never served stale: the
+    choice only decides how much is re-used. A scale key a record does not set is not held against
+    it (records from before the preset set only the grid's keys and ``sample.per_class``).
+    """
+    wanted = {"seed": run.base_seed, **scale}
+    return [record["name"] for record in records
+            if record["overrides"].get("seed") == run.base_seed
+            and all(record["overrides"].get(key, value) == value for key, value in wanted.items())]
+
+
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
     """Every record in ``results_dir``, sorted by name."""
     return [json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))]

@@ -12,7 +12,14 @@ look; its records are not comparable). Its record (settings, metrics
 of all variants and floors, wall time) goes to <results>/<name>.json. Names with a record are
 skipped, so after an interruption the same command resumes; commit the records as they arrive.
 `--budget-min` stops starting new experiments after that many minutes. At the end the workspace
-is restored to HEAD. Then: python scripts/make_report.py.
+is restored to HEAD.
+
+Before the first experiment on each base seed, the runner checks out the outputs of the newest
+finished experiment (a DVC experiment ref in this repository) on the same base and scale: only its
+dvc.lock and metrics, never its code or params. DVC re-runs whatever differs from that lock, and
+the base model, which the run-cache cannot restore (persistent checkpoints), is not trained again.
+
+Then: python scripts/make_report.py.
 
 Run it on a clean checkout of a commit whose dvc.lock is current (`dvc repro` first): the code of
 the workspace is what every experiment runs.
@@ -30,7 +37,15 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.files import write_text
-from pipeline.study import STUDY_PRESET, collect_record, dvc_set_arguments, study_grid, study_scale
+from pipeline.study import (
+    STUDY_PRESET,
+    collect_record,
+    dvc_set_arguments,
+    load_records,
+    study_grid,
+    study_scale,
+    warm_start_names,
+)
 
 # This interpreter's environment first on PATH, so DVC and the stages' `python` are the project's
 # even when the virtual environment is not activated.
@@ -44,6 +59,25 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
 def head_commit() -> str:
     result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
     return result.stdout.strip()
+
+
+def warm_start(names: list[str]) -> str | None:
+    """Check out the outputs of the newest experiment ref among ``names``; the name, or None.
+
+    Only its ``dvc.lock`` and the git-tracked metrics are taken from the ref, never code or
+    params: DVC then re-runs every stage whose dependencies differ from that lock's, and serves
+    the rest (tokenizer, graphs, base model) from the cache.
+    """
+    listing = subprocess.run(["git", "for-each-ref", "--sort=-committerdate", "--format=%(refname)",
+                              "refs/exps"], capture_output=True, text=True).stdout.split()
+    ref = next((ref for ref in listing if ref.rsplit("/", 1)[-1] in names), None)
+    if ref is None:
+        return None
+    if subprocess.run(["git", "checkout", ref, "--", "dvc.lock", "metrics"]).returncode != 0:
+        return None
+    if dvc("checkout", "--quiet").returncode != 0:  # some output left the cache: its stage re-runs
+        print("    (some outputs of that experiment are no longer in the cache)")
+    return ref.rsplit("/", 1)[-1]
 
 
 def main() -> int:
@@ -83,6 +117,11 @@ def main() -> int:
         if args.budget_min is not None and time.time() - started > 60 * args.budget_min:
             print(f"budget of {args.budget_min:g} min spent: {len(todo) - index + 1} experiments left")
             break
+        if index == 1 or run.base_seed != todo[index - 2].base_seed:
+            # A new base model: start from a finished experiment on it rather than train it again.
+            source = warm_start(warm_start_names(load_records(results), run, scale))
+            if source:
+                print(f"    starting from the outputs of {source} (same base model and scale)")
         settings = dvc_set_arguments(run.overrides(scale))
         print(f"[{index}/{len(todo)}] dvc exp run --name {run.name} {' '.join(settings)}", flush=True)
         # A name left by an interrupted run would make DVC refuse to run it again.
