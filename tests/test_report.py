@@ -79,3 +79,19 @@ def test_report_states_the_answer_the_floor_and_what_is_missing():
     assert "b0-f5" in text
     lonely = render_report([_record(0, {}, base=1)])
     assert lonely.endswith("No replicate of the main comparison (base 0, all graphs) yet.\n")
+
+
+def test_report_shows_the_measured_sampling_noise_when_given():
+    records = [_record(ft, {"kamig": 44.0 + ft}) for ft in range(3)]
+    assert "Not measured yet: `python scripts/sampling_noise.py`" in render_report(records)
+    noise = {"label": "b0-f9", "per_class": 1000, "sampling_seeds": [1, 2],
+             "rows": [{"variant": "kamig", "n": 1000, "subsets": 20, "mean": 50.1, "sd": 1.84,
+                       "bootstrap_se": 2.01},
+                      {"variant": "kamig", "n": 10000, "subsets": 2, "mean": 45.3, "sd": 0.52,
+                       "bootstrap_se": 0.61}],
+             "contrast": [{"contrast": "kamig − permuted", "n": 10000, "subsets": 2, "mean": -0.4,
+                           "sd": None}]}
+    text = render_report(records, sampling_noise=noise)
+    assert "models of experiment `b0-f9` held fixed, 10,000 samples per variant" in text
+    assert "| kamig | 1,000 | 20 | 50.10 | 1.84 | 2.01 |" in text
+    assert "| kamig − permuted | 10,000 | 2 | -0.40 | – | – |" in text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -20,6 +22,7 @@ from pipeline.study import (
     experiment,
     study_grid,
     study_scale,
+    warm_start_names,
 )
 from tests.helpers import REPO_ROOT
 
@@ -104,3 +107,57 @@ def test_the_runner_refuses_a_bad_preset_with_a_message(tmp_path):
     )
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.startswith("error: ") and "sample.per_clas" in result.stderr
+
+
+def test_warm_start_candidates_share_the_base_seed_and_the_scale():
+    def record(name, **overrides):
+        return {"name": name, "overrides": overrides}
+
+    records = [
+        record("b0-f0", seed=0, **{"sample.per_class": 500}),  # before the preset: no train.steps
+        record("b0-f1", seed=0, **SCALE),
+        record("b0-quick", seed=0, **{**SCALE, "sample.per_class": 50}),
+        record("b1-f0", seed=1, **SCALE),
+    ]
+    assert warm_start_names(records, experiment(0, 7), SCALE) == ["b0-f0", "b0-f1"]
+    assert warm_start_names(records, experiment(1, 2), SCALE) == ["b1-f0"]
+    assert warm_start_names(records, experiment(2, 0), SCALE) == []
+
+
+def _git(repo, *args, date="2026-01-01T00:00:00"):
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date}
+    return subprocess.run(["git", *args], cwd=repo, env=env, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_warm_start_takes_only_the_lock_and_metrics_of_the_newest_matching_ref(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("run_experiments", REPO_ROOT / "scripts/run_experiments.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "metrics").mkdir()
+
+    def commit(lock, code, date):
+        (tmp_path / "dvc.lock").write_text(lock)
+        (tmp_path / "metrics/eval_base.json").write_text(json.dumps({"lock": lock}))
+        (tmp_path / "code.py").write_text(code)
+        _git(tmp_path, "add", "-A")
+        _git(tmp_path, "commit", "-qm", lock, date=date)
+        return _git(tmp_path, "rev-parse", "HEAD")
+
+    old = commit("old experiment", "old code", "2026-01-01T00:00:00")
+    new = commit("new experiment", "old code", "2026-01-02T00:00:00")
+    other = commit("other base", "old code", "2026-01-03T00:00:00")
+    for sha, name in ((old, "b0-f0"), (new, "b0-f1"), (other, "b1-f0")):
+        _git(tmp_path, "update-ref", f"refs/exps/ab/cdef/{name}", sha)
+    commit("HEAD", "new code", "2026-01-04T00:00:00")
+    monkeypatch.chdir(tmp_path)
+
+    assert runner.warm_start(["b2-f0"]) is None
+    assert (tmp_path / "dvc.lock").read_text() == "HEAD"
+    # Not a DVC repository, so its `dvc checkout` fails: the runner says so and goes on.
+    assert runner.warm_start(["b0-f0", "b0-f1"]) == "b0-f1"
+    assert (tmp_path / "dvc.lock").read_text() == "new experiment"
+    assert json.loads((tmp_path / "metrics/eval_base.json").read_text()) == {"lock": "new experiment"}
+    assert (tmp_path / "code.py").read_text() == "new code"
