@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from pipeline.metrics.fid import feature_stats
 from pipeline.noise import Draw, balanced_disjoint_subsets, noise_table
+from tests.helpers import REPO_ROOT
 
 CLASSES = 4
 
@@ -65,3 +69,14 @@ def test_the_paired_contrast_uses_the_same_subsets_of_each_seed():
     mismatched = Draw("b", 1, np.zeros((1600, 6)), np.roll(class_major_labels(400), 1))
     with pytest.raises(ValueError, match="different labels"):
         noise_table([_draw("a", 1, 0.0), mismatched], reference, [400], 0, contrast=("a", "b"))
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--variants", "kamig", "nope"], "unknown variants ['nope']"),
+    ([], "dvc exp apply <experiment>"),  # a workspace without trained models
+])
+def test_the_script_refuses_before_any_work(tmp_path, arguments, message):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "scripts/sampling_noise.py"), *arguments],
+                            cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("error: ") and message in result.stderr
