@@ -248,7 +248,7 @@ def _sampling_noise_lines(noise: dict[str, Any] | None) -> list[str]:
              for row in noise["contrast"]]
     seeds = ", ".join(map(str, noise["sampling_seeds"]))
     source = f" of experiment `{noise['label']}`" if noise.get("label") else ""
-    return [f"The models{source} held fixed, {noise['per_class'] * 10:,} samples per variant from each "
+    return [f"The models{source} held fixed, {noise['samples_per_draw']:,} samples per variant from each "
             f"sampling seed ({seeds}), split into disjoint class-balanced subsets of n images. Each "
             "subset is an independent draw, so the sd of their FIDs is the measured sampling noise at n; "
             "the bootstrap SE is the estimate one score gives of it. The contrast uses the same subsets of "

@@ -1,6 +1,7 @@
 """Write reports/fashion_mnist.md from the study's experiment records.
 
     python scripts/make_report.py [--results reports/study] [--output reports/fashion_mnist.md]
+        [--sampling-noise reports/sampling_noise.json]
 
 Reads every record that `python scripts/run_experiments.py` wrote (one JSON per experiment, all
 variants and floors scored) and renders the paired comparison with pipeline.report, with the

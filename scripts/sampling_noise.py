@@ -116,8 +116,11 @@ def main() -> int:
     contrast = tuple(args.variants[:2]) if len(args.variants) > 1 else None
     table = noise_table(draws, reference, args.sizes, cfg.eval.bootstrap, contrast)
     result = {"label": args.label, "per_class": args.per_class, "sampling_seeds": args.seeds,
+              "samples_per_draw": len(draws[0].labels),
               "models": {v: model_fingerprint(v) for v in args.variants},
-              "sample": cfg.to_dict()["sample"] | {"per_class": args.per_class},
+              # The settings every draw used; its seed is each draw's, in sampling_seeds.
+              "sample": {k: v for k, v in cfg.to_dict()["sample"].items() if k != "seed"}
+              | {"per_class": args.per_class},
               "seconds_per_draw": seconds, **table}
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def test_report_states_the_answer_the_floor_and_what_is_missing():
 def test_report_shows_the_measured_sampling_noise_when_given():
     records = [_record(ft, {"kamig": 44.0 + ft}) for ft in range(3)]
     assert "Not measured yet: `python scripts/sampling_noise.py`" in render_report(records)
-    noise = {"label": "b0-f9", "per_class": 1000, "sampling_seeds": [1, 2],
+    noise = {"label": "b0-f9", "per_class": 1000, "samples_per_draw": 10000, "sampling_seeds": [1, 2],
              "rows": [{"variant": "kamig", "n": 1000, "subsets": 20, "mean": 50.1, "sd": 1.84,
                        "bootstrap_se": 2.01},
                       {"variant": "kamig", "n": 10000, "subsets": 2, "mean": 45.3, "sd": 0.52,
