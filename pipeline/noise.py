@@ -67,17 +67,19 @@ def noise_table(draws: Sequence[Draw], reference: GaussianStats, sizes: Sequence
     ``contrast`` (minuend, subtrahend) adds the paired difference on the same subsets of the draws
     that share a sampling seed. A size larger than a draw is left out.
     """
-    variants = list(dict.fromkeys(draw.variant for draw in draws))
+    # Every subset is scored once; the rows and the paired contrast both read these.
+    subsets = {(draw.variant, draw.seed, size): balanced_disjoint_subsets(draw.labels, size)
+               for draw in draws for size in sizes}
+    scores = {(draw.variant, draw.seed, size): [_fid(draw.features[subset], reference)
+                                                for subset in subsets[draw.variant, draw.seed, size]]
+              for draw in draws for size in sizes}
     rows = []
-    for variant in variants:
+    for variant in dict.fromkeys(draw.variant for draw in draws):
         mine = [draw for draw in draws if draw.variant == variant]
         for size in sizes:
-            fids, ses = [], []
-            for draw in mine:
-                subsets = balanced_disjoint_subsets(draw.labels, size)
-                fids += [_fid(draw.features[subset], reference) for subset in subsets]
-                if subsets and bootstrap:
-                    ses.append(bootstrap_fid_se(draw.features[subsets[0]], reference, bootstrap))
+            fids = [fid for draw in mine for fid in scores[variant, draw.seed, size]]
+            ses = [bootstrap_fid_se(draw.features[subsets[variant, draw.seed, size][0]], reference, bootstrap)
+                   for draw in mine if bootstrap and subsets[variant, draw.seed, size]]
             if fids:
                 rows.append({"variant": variant, "n": size, **_spread(fids),
                              "bootstrap_se": statistics.fmean(ses) if ses else None})
@@ -85,17 +87,14 @@ def noise_table(draws: Sequence[Draw], reference: GaussianStats, sizes: Sequence
     if contrast is not None:
         minuend, subtrahend = contrast
         by_key = {(draw.variant, draw.seed): draw for draw in draws}
-        seeds = sorted({draw.seed for draw in draws
-                        if (minuend, draw.seed) in by_key and (subtrahend, draw.seed) in by_key})
+        seeds = sorted(seed for variant, seed in by_key
+                       if variant == minuend and (subtrahend, seed) in by_key)
+        for seed in seeds:  # the same labels split into the same subsets: the scores pair up
+            if not np.array_equal(by_key[minuend, seed].labels, by_key[subtrahend, seed].labels):
+                raise ValueError(f"{minuend} and {subtrahend} at sampling seed {seed} have different labels")
         for size in sizes:
-            values = []
-            for seed in seeds:
-                a, b = by_key[minuend, seed], by_key[subtrahend, seed]
-                if not np.array_equal(a.labels, b.labels):
-                    raise ValueError(f"{minuend} and {subtrahend} at sampling seed {seed} have different "
-                                     "labels")
-                values += [_fid(a.features[s], reference) - _fid(b.features[s], reference)
-                           for s in balanced_disjoint_subsets(a.labels, size)]
+            values = [a - b for seed in seeds for a, b in
+                      zip(scores[minuend, seed, size], scores[subtrahend, seed, size], strict=True)]
             if values:
                 differences.append({"contrast": f"{minuend} − {subtrahend}", "n": size, **_spread(values)})
     return {"rows": rows, "contrast": differences}

@@ -138,10 +138,9 @@ def warm_start_names(records: Sequence[Mapping[str, Any]], run: Experiment,
     choice only decides how much is re-used. A scale key a record does not set is not held against
     it (records from before the preset set only the grid's keys and ``sample.per_class``).
     """
-    wanted = {"seed": run.base_seed, **scale}
     return [record["name"] for record in records
             if record["overrides"].get("seed") == run.base_seed
-            and all(record["overrides"].get(key, value) == value for key, value in wanted.items())]
+            and all(record["overrides"].get(key, value) == value for key, value in scale.items())]
 
 
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:

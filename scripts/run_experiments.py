@@ -73,11 +73,14 @@ def warm_start(names: list[str]) -> str | None:
     ref = next((ref for ref in listing if ref.rsplit("/", 1)[-1] in names), None)
     if ref is None:
         return None
-    if subprocess.run(["git", "checkout", ref, "--", "dvc.lock", "metrics"]).returncode != 0:
+    name = ref.rsplit("/", 1)[-1]
+    # The work tree only: the index keeps HEAD's files, which the closing restore returns to.
+    restore = ["git", "restore", f"--source={ref}", "--worktree", "--", "dvc.lock", "metrics"]
+    if subprocess.run(restore).returncode != 0:
         return None
     if dvc("checkout", "--quiet").returncode != 0:  # some output left the cache: its stage re-runs
         print("    (some outputs of that experiment are no longer in the cache)")
-    return ref.rsplit("/", 1)[-1]
+    return name
 
 
 def main() -> int:
@@ -113,15 +116,17 @@ def main() -> int:
     if args.dry_run or not todo:
         return 0
     commit, started, failed, finished = head_commit(), time.time(), [], 0
+    base_in_workspace = None  # HEAD's outputs are the default DAG's, not the study's
     for index, run in enumerate(todo, 1):
         if args.budget_min is not None and time.time() - started > 60 * args.budget_min:
             print(f"budget of {args.budget_min:g} min spent: {len(todo) - index + 1} experiments left")
             break
-        if index == 1 or run.base_seed != todo[index - 2].base_seed:
+        if run.base_seed != base_in_workspace:
             # A new base model: start from a finished experiment on it rather than train it again.
             source = warm_start(warm_start_names(load_records(results), run, scale))
             if source:
                 print(f"    starting from the outputs of {source} (same base model and scale)")
+            base_in_workspace = run.base_seed
         settings = dvc_set_arguments(run.overrides(scale))
         print(f"[{index}/{len(todo)}] dvc exp run --name {run.name} {' '.join(settings)}", flush=True)
         # A name left by an interrupted run would make DVC refuse to run it again.

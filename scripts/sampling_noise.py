@@ -23,15 +23,17 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from accelerate import PartialState
 
 from pipeline import layout
-from pipeline.config import Config, load_config, replace
+from pipeline.config import load_config, replace
 from pipeline.files import atomic_path, write_text
-from pipeline.metrics import load_reference
+from pipeline.metrics import FeatureSet, load_reference
 from pipeline.metrics.evaluation import decoded_batches
 from pipeline.metrics.extraction import extract_shared, extractors
 from pipeline.noise import Draw, noise_table
@@ -52,29 +54,20 @@ def model_fingerprint(variant: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def draw(
-    cfg: Config, variant: str, seed: int, per_class: int, state: PartialState
-) -> tuple[Draw, float, bool]:
-    """One variant's features at one sampling seed, its seconds, and whether they came from the cache
-    (kept only while the same model made them)."""
-    fingerprint = model_fingerprint(variant)
+def cached_draw(variant: str, seed: int, per_class: int, fingerprint: str,
+                make: Callable[[], FeatureSet]) -> tuple[Draw, float, bool]:
+    """One variant's features at one sampling seed, its seconds, and whether they came from the cache.
+
+    A cached draw is used only while ``fingerprint`` (the model's) is the one that made it; otherwise
+    ``make()`` samples and scores it again.
+    """
     cached = CACHE / f"{variant}-seed{seed}-per{per_class}.npz"
     if cached.is_file():
         stored = np.load(cached)
         if str(stored["fingerprint"]) == fingerprint:
             return Draw(variant, seed, stored["features"], stored["labels"]), float(stored["seconds"]), True
     started = time.perf_counter()
-    sampling = replace(cfg, sample=replace(cfg.sample, per_class=per_class, seed=seed))
-    meta = read_meta(layout.TOKENS_DIR)
-    samples = sample_variant(sampling, variant, meta, state)
-    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device)
-    classifier, _ = extractors(replace(cfg, eval=replace(cfg.eval, inception=False)), state.device)
-    features = extract_shared(
-        lambda items: decoded_batches(tokenizer, samples.tokens[items.start : items.stop],
-                                      samples.labels[items.start : items.stop], cfg.eval.batch_size,
-                                      state.device),
-        len(samples.labels), cfg.eval.batch_size, classifier, None, state, desc=f"features {variant}",
-    )
+    features = make()
     seconds = time.perf_counter() - started
     CACHE.mkdir(parents=True, exist_ok=True)
     with atomic_path(cached) as tmp, open(tmp, "wb") as handle:
@@ -104,10 +97,29 @@ def main() -> int:
         return 2
     cfg = load_config()
     state = PartialState()
+    meta = read_meta(layout.TOKENS_DIR)
+    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device)
+    classifier, _ = extractors(replace(cfg, eval=replace(cfg.eval, inception=False)), state.device)
+    fingerprints = {variant: model_fingerprint(variant) for variant in args.variants}
+
+    def sample_and_score(variant: str, seed: int) -> FeatureSet:
+        """Sample like sample@<variant> with this seed, and extract features like evaluate@<variant>."""
+        sampling = replace(cfg, sample=replace(cfg.sample, per_class=args.per_class, seed=seed))
+        samples = sample_variant(sampling, variant, meta, state)
+        features = extract_shared(
+            lambda items: decoded_batches(tokenizer, samples.tokens[items.start : items.stop],
+                                          samples.labels[items.start : items.stop], cfg.eval.batch_size,
+                                          state.device),
+            len(samples.labels), cfg.eval.batch_size, classifier, None, state, desc=f"features {variant}",
+        )
+        assert features is not None  # one process: the main one
+        return features
+
     draws, seconds = [], {}
     for variant in args.variants:
         for seed in args.seeds:
-            result, took, cached = draw(cfg, variant, seed, args.per_class, state)
+            result, took, cached = cached_draw(variant, seed, args.per_class, fingerprints[variant],
+                                               partial(sample_and_score, variant, seed))
             draws.append(result)
             seconds[f"{variant}-seed{seed}"] = round(took, 1)
             print(f"{variant} seed {seed}: {len(result.labels):,} samples, {took / 60:.1f} min"
@@ -117,7 +129,7 @@ def main() -> int:
     table = noise_table(draws, reference, args.sizes, cfg.eval.bootstrap, contrast)
     result = {"label": args.label, "per_class": args.per_class, "sampling_seeds": args.seeds,
               "samples_per_draw": len(draws[0].labels),
-              "models": {v: model_fingerprint(v) for v in args.variants},
+              "models": fingerprints,
               # The settings every draw used; its seed is each draw's, in sampling_seeds.
               "sample": {k: v for k, v in cfg.to_dict()["sample"].items() if k != "seed"}
               | {"per_class": args.per_class},

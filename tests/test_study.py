@@ -161,3 +161,5 @@ def test_warm_start_takes_only_the_lock_and_metrics_of_the_newest_matching_ref(t
     assert (tmp_path / "dvc.lock").read_text() == "new experiment"
     assert json.loads((tmp_path / "metrics/eval_base.json").read_text()) == {"lock": "new experiment"}
     assert (tmp_path / "code.py").read_text() == "new code"
+    # The index keeps HEAD, so the runner's closing `git checkout -- dvc.lock metrics` returns to it.
+    assert _git(tmp_path, "diff", "--cached", "--name-only") == ""
