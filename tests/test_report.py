@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.report import Estimate, contrast, render_report, select, verdict
+from pipeline.report import Estimate, contrast, matched, render_report, select, verdict
 from pipeline.study import experiment
 
 
@@ -63,6 +63,22 @@ def test_select_keeps_one_design_cell_in_seed_order():
     assert [r["name"] for r in select(records, graphs=("similarity",))] == ["b0-f0-similarity"]
     assert [r["name"] for r in select(records, base=1)] == ["b1-f1"]
     assert [r["name"] for r in select(records, negative_at="masked")] == ["b0-f0-negmasked"]
+
+
+def test_matched_pairs_cells_by_fine_tune_seed():
+    # A seed effect shared by both cells cancels; seeds only one cell has are left out.
+    full = [_record(ft, {"kamig": 40.0 + 5 * ft}) for ft in range(4)]
+    alone = [_record(ft, {"kamig": 41.0 + 5 * ft}, graphs=("cooccurrence",)) for ft in (0, 2, 7)]
+    effect = matched(alone, full)
+    assert effect.values == (1.0, 1.0) and effect.half_width == 0.0
+    text = render_report([*full, *alone])
+    row = next(line for line in text.splitlines() if line.startswith("| cooccurrence only |"))
+    assert row.endswith("| 1.00 (+2.2%, 2 seeds) |")  # +1 FID against a null FID of 45
+    assert "| all three | 4 |" in text and "same seeds |" in text
+    # Across base models the seeds pair nothing, so that table has no such column.
+    second = render_report([*full, _record(0, {}, base=1), _record(1, {}, base=1)])
+    assert "| base seed 1 | 2 |" in second
+    assert "with base seed 0, same seeds" not in second
 
 
 def test_report_states_the_answer_the_floor_and_what_is_missing():
