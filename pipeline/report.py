@@ -285,7 +285,8 @@ def _cell_table(records: Sequence[Record], cells: Sequence[tuple[str, dict[str, 
         if paired:
             against = matched(chosen, reference_records) if where != reference[1] else Estimate(())
             row.append("–" if against.n == 0 else
-                       f"{_with_ci(against)} ({against.mean / null_fid:+.1%}, {against.n} seeds)")
+                       f"{_with_ci(against)} ({against.mean / null_fid:+.1%}, {against.n} "
+                       f"seed{'s' if against.n > 1 else ''})")
         rows.append(row)
     header = ["design", "replicates", "KA-MIG FID", "null FID", "KA-MIG − null", "conclusion"]
     if paired:
