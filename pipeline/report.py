@@ -119,6 +119,19 @@ class Estimate:
         return None
 
 
+def difference(a: Estimate, b: Estimate) -> tuple[float, tuple[float, float]]:
+    """``a.mean - b.mean`` with its Welch 95% CI: two independent designs (say, two base models),
+    whose replicates pair nothing and whose spreads may differ."""
+    if a.n < 2 or b.n < 2:
+        return a.mean - b.mean, (math.nan, math.nan)
+    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    se = math.sqrt(va + vb)
+    # Welch–Satterthwaite degrees of freedom; with both variances zero the difference is exact.
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1)) if se > 0 else math.inf
+    half = float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se if se > 0 else 0.0
+    return a.mean - b.mean, (a.mean - b.mean - half, a.mean - b.mean + half)
+
+
 def estimate(values: Iterable[float | None]) -> Estimate:
     return Estimate(tuple(float(v) for v in values if v is not None))
 
@@ -312,7 +325,25 @@ def _graph_lines(record: Record) -> list[str]:
     return lines
 
 
-def _conclusion(main: Sequence[Record]) -> list[str]:
+def _second_base_line(knowledge: Estimate, second: Sequence[Record]) -> str:
+    if not second:
+        return ("* **On a second base model?** Not run yet: `python scripts/run_experiments.py` runs "
+                "`seed` 1 after the main comparison.")
+    other = contrast(second, "kamig", "permuted")
+    null_fid = estimate(fid(r, "permuted") for r in second).mean
+    line = (f"* **On a second base model?** On `seed` 1, over {other.n} fine-tune seeds, KA-MIG − null = "
+            f"{other.mean:+.2f} FID: {verdict(other, null_fid)}.")
+    gap, (low, high) = difference(knowledge, other)
+    if math.isnan(low):
+        return line
+    if low > 0 or high < 0:
+        return (line + f" The two base models differ by {gap:+.2f} FID (Welch 95% CI {low:+.2f} to "
+                f"{high:+.2f}): the knowledge effect is not the same on both backbones.")
+    return (line + f" The two base models' effects agree within their uncertainty (difference {gap:+.2f}, "
+            f"Welch 95% CI {low:+.2f} to {high:+.2f}).")
+
+
+def _conclusion(main: Sequence[Record], second: Sequence[Record] = ()) -> list[str]:
     knowledge = contrast(main, "kamig", "permuted")
     null_fid = estimate(fid(r, "permuted") for r in main).mean
     capacity = contrast(main, "permuted", "control")
@@ -328,6 +359,7 @@ def _conclusion(main: Sequence[Record]) -> list[str]:
         f"({knowledge.mean / null_fid:+.1%}), 95% CI {knowledge.interval[0]:+.2f} to "
         f"{knowledge.interval[1]:+.2f}, over {knowledge.n} fine-tune seeds on one base model: "
         f"**{verdict(knowledge, null_fid)}**.",
+        _second_base_line(knowledge, second),
         f"* **Does the adapter's capacity help?** null − control = {capacity.mean:+.2f} FID "
         f"({capacity.mean / control_fid:+.1%}): {verdict(capacity, control_fid)}.",
         f"* **Power.** The design's minimum detectable effect is {knowledge.mde:.2f} FID "
@@ -355,7 +387,7 @@ def render_report(records: Sequence[Record], title: str = "KA-MIG on Fashion-MNI
     minutes = statistics.median(r["seconds"] / 60 for r in main)
     seeds = ", ".join(str(overrides(r)["kamig.seed"]) for r in main)
     lines += [
-        "## Answer", "", *_conclusion(main), "",
+        "## Answer", "", *_conclusion(main, select(records, base=1)), "",
         "## Design", "",
         f"* {len(main)} replicates: fine-tune seeds `kamig.seed` {seeds} on one base model (`seed` 0), "
         "as the paper fine-tunes one pretrained backbone. Each replicate "

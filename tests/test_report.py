@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.report import Estimate, contrast, matched, render_report, select, verdict
+from pipeline.report import Estimate, contrast, difference, matched, render_report, select, verdict
 from pipeline.study import experiment
 
 
@@ -95,6 +95,29 @@ def test_report_states_the_answer_the_floor_and_what_is_missing():
     assert "b0-f5" in text
     lonely = render_report([_record(0, {}, base=1)])
     assert lonely.endswith("No replicate of the main comparison (base 0, all graphs) yet.\n")
+
+
+def test_difference_of_independent_designs_is_welch():
+    a, b = Estimate((1.0, 2.0, 4.0, 3.0)), Estimate((0.5, 0.0, 1.5))
+    gap, (low, high) = difference(a, b)
+    t = scipy.stats.ttest_ind(a.values, b.values, equal_var=False)
+    interval = t.confidence_interval(0.95)
+    assert gap == pytest.approx(2.5 - 2 / 3)
+    assert (low, high) == pytest.approx((interval.low, interval.high))
+    assert all(math.isnan(x) for x in difference(a, Estimate((1.0,)))[1])
+
+
+def test_report_compares_the_second_base_model_with_the_first():
+    base0 = [_record(ft, {"permuted": 45.0 + d, "kamig": 44.0 + d + e})
+             for ft, (d, e) in enumerate([(0.0, 0.1), (1.0, -0.1), (-1.0, 0.05), (0.5, -0.05)])]
+    agreeing = [_record(ft, {"permuted": 46.0 + ft, "kamig": 45.0 + ft + e}, base=1)
+                for ft, e in enumerate([0.2, -0.2, 0.1])]
+    text = render_report(base0 + agreeing)
+    assert "On `seed` 1, over 3 fine-tune seeds, KA-MIG − null = -0.97 FID: detected" in text
+    assert "agree within their uncertainty" in text
+    no_effect = [_record(ft, {"permuted": 46.0 + ft, "kamig": 46.0 + ft + e}, base=1)
+                 for ft, e in enumerate([0.1, -0.1, 0.05])]
+    assert "not the same on both backbones" in render_report(base0 + no_effect)
 
 
 def test_report_shows_the_measured_sampling_noise_when_given():
