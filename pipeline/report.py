@@ -122,18 +122,23 @@ class Estimate:
 def difference(a: Estimate, b: Estimate) -> tuple[float, tuple[float, float]]:
     """``a.mean - b.mean`` with its Welch 95% CI: two independent designs (say, two base models),
     whose replicates pair nothing and whose spreads may differ."""
+    gap = a.mean - b.mean
     if a.n < 2 or b.n < 2:
-        return a.mean - b.mean, (math.nan, math.nan)
+        return gap, (math.nan, math.nan)
     va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
-    se = math.sqrt(va + vb)
-    # Welch–Satterthwaite degrees of freedom; with both variances zero the difference is exact.
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1)) if se > 0 else math.inf
-    half = float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * se if se > 0 else 0.0
-    return a.mean - b.mean, (a.mean - b.mean - half, a.mean - b.mean + half)
+    if va + vb == 0:  # no spread on either side: the difference is exact
+        return gap, (gap, gap)
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))  # Welch–Satterthwaite
+    half = float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(va + vb)
+    return gap, (gap - half, gap + half)
 
 
 def estimate(values: Iterable[float | None]) -> Estimate:
     return Estimate(tuple(float(v) for v in values if v is not None))
+
+
+def mean_fid(records: Iterable[Record], variant: str) -> float:
+    return estimate(fid(r, variant) for r in records).mean
 
 
 def contrast(records: Sequence[Record], minuend: str, subtrahend: str,
@@ -181,7 +186,7 @@ def _with_ci(e: Estimate, digits: int = 2) -> str:
 
 
 def _variant_table(records: Sequence[Record]) -> list[str]:
-    rfid = estimate(fid(r, "recon") for r in records).mean
+    rfid = mean_fid(records, "recon")
     rows = []
     for name in (*VARIANTS, *FLOORS):
         metric = lambda key, n=name: estimate(r["evaluation"][n].get(key) for r in records)  # noqa: E731
@@ -205,7 +210,7 @@ def _contrast_rows(records: Sequence[Record]) -> list[list[str]]:
     rows = []
     for label, minuend, subtrahend in CONTRASTS:
         effect = contrast(records, minuend, subtrahend)
-        reference = estimate(fid(r, subtrahend) for r in records).mean
+        reference = mean_fid(records, subtrahend)
         low, high = effect.interval
         relative = f"{effect.mean / reference:+.1%}"
         if effect.n > 1:
@@ -291,7 +296,7 @@ def _cell_table(records: Sequence[Record], cells: Sequence[tuple[str, dict[str, 
         if not chosen:
             continue
         effect = contrast(chosen, "kamig", "permuted")
-        null_fid = estimate(fid(r, "permuted") for r in chosen).mean
+        null_fid = mean_fid(chosen, "permuted")
         row = [label, str(len(chosen)), _with_ci(estimate(fid(r, "kamig") for r in chosen)),
                _with_ci(estimate(fid(r, "permuted") for r in chosen)), _with_ci(effect),
                verdict(effect, null_fid)]
@@ -330,7 +335,7 @@ def _second_base_line(knowledge: Estimate, second: Sequence[Record]) -> str:
         return ("* **On a second base model?** Not run yet: `python scripts/run_experiments.py` runs "
                 "`seed` 1 after the main comparison.")
     other = contrast(second, "kamig", "permuted")
-    null_fid = estimate(fid(r, "permuted") for r in second).mean
+    null_fid = mean_fid(second, "permuted")
     line = (f"* **On a second base model?** On `seed` 1, over {other.n} fine-tune seeds, KA-MIG − null = "
             f"{other.mean:+.2f} FID: {verdict(other, null_fid)}.")
     gap, (low, high) = difference(knowledge, other)
@@ -345,11 +350,11 @@ def _second_base_line(knowledge: Estimate, second: Sequence[Record]) -> str:
 
 def _conclusion(main: Sequence[Record], second: Sequence[Record] = ()) -> list[str]:
     knowledge = contrast(main, "kamig", "permuted")
-    null_fid = estimate(fid(r, "permuted") for r in main).mean
+    null_fid = mean_fid(main, "permuted")
     capacity = contrast(main, "permuted", "control")
-    control_fid = estimate(fid(r, "control") for r in main).mean
-    rfid = estimate(fid(r, "recon") for r in main).mean
-    kamig_fid = estimate(fid(r, "kamig") for r in main).mean
+    control_fid = mean_fid(main, "control")
+    rfid = mean_fid(main, "recon")
+    kamig_fid = mean_fid(main, "kamig")
     goal = knowledge.half_width / null_fid
     if knowledge.n < 2:
         return [f"* Only {knowledge.n} replicate so far (KA-MIG − null = {knowledge.mean:+.2f} FID): no "
