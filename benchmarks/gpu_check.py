@@ -125,8 +125,9 @@ def check_autonat(device: torch.device, steps: int, batch: int, samples: int, sm
 
     from benchmarks.model import synthetic_graphs
     from pipeline.config import FusionConfig
-    from pipeline.model import UViT, UViTSpec, build_generator
-    from pipeline.model.convert import import_autonat
+    from pipeline.model.autonat import import_autonat
+    from pipeline.model.generators import build_generator
+    from pipeline.model.uvit import UViT, UViTSpec
     from pipeline.training.batches import mask_batch
 
     spec = UViTSpec(dim=64, depth=2, heads=2, num_classes=10) if smoke else UViTSpec()

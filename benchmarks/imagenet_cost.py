@@ -46,7 +46,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from pipeline.config import Config, FusionConfig, config_from_dict, merge_overlay, replace  # noqa: E402  # noqa: E402
 from pipeline.data import check_image_file, load_folder_image  # noqa: E402
 from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier  # noqa: E402
-from pipeline.model import GeneratorSpec, MaskGIT, build_generator  # noqa: E402
+from pipeline.model.generators import build_generator  # noqa: E402
+from pipeline.model.transformer import GeneratorSpec, MaskGIT  # noqa: E402
 from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
 
 REPO = _HERE.parent

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from pipeline.config import FusionConfig, ModelConfig
 from pipeline.ema import EMA
-from pipeline.model import GeneratorSpec, KnowledgeGraphs, MaskGIT, build_generator
-from pipeline.model.knowledge import csr_from_coo
+from pipeline.model.generators import build_generator
+from pipeline.model.knowledge import KnowledgeGraphs, csr_from_coo
+from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.training.batches import mask_batch
 
 

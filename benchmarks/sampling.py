@@ -45,7 +45,7 @@ def load_models(
     shape, device: torch.device, force_random: bool
 ) -> tuple[torch.nn.Module, torch.nn.Module, str]:
     if not force_random and (MODELS / "base").is_dir() and (MODELS / "kamig").is_dir():
-        from pipeline.model import load_generator
+        from pipeline.model.generators import load_generator
 
         return load_generator(MODELS / "base", device), load_generator(MODELS / "kamig", device), "trained"
     base, kamig = make_models(shape)

@@ -148,6 +148,18 @@ class SimilarityConfig(_Section):
     index: Literal["flat", "ivf", "hnsw"] = "flat"
 
 
+class OfficialGraphsConfig(_Section):
+    """The official code's construction of its two graph files (``data/graphs_official/``), which
+    ``fusion.adapter: official`` convolves over (GuotaoLiang/KA-MIG ``graph_construction/``)."""
+
+    # Each token keeps its top max(1, int(nnz * ratio)) co-occurring tokens, counts as weights;
+    # 0.05 is what the shipped file implies (50-52 edges per row of 1024).
+    cooccurrence_ratio: float = Field(0.05, gt=0.0, le=1.0)
+    # Nearest tokens by the JS divergence of softmaxed position profiles, weight exp(-alpha d).
+    similarity_k: int = Field(2, ge=1)
+    similarity_alpha: float = Field(5.0, gt=0.0)
+
+
 class GraphsConfig(_Section):
     max_images: int | None = Field(None, ge=1)
     device: Literal["cpu", "cuda"] = "cpu"
@@ -158,6 +170,7 @@ class GraphsConfig(_Section):
     positions_groups_per_pass: int = Field(16777216, ge=1)
     cooccurrence: CooccurrenceConfig = Field(default_factory=CooccurrenceConfig)
     similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    official: OfficialGraphsConfig = Field(default_factory=OfficialGraphsConfig)
 
 
 class ModelConfig(_Section):
@@ -193,6 +206,9 @@ class Recipe(_Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # classifier-free guidance label dropout
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
+    # warmup: d_t = min(decay, (1 + t) / (10 + t)); constant: the decay from step 0 (the official
+    # KA-MIG recipe: 0.9999 over 1500 steps, pipeline/ema.py).
+    ema_warmup: Literal["warmup", "constant"] = "warmup"
 
 
 class TrainConfig(Recipe):
@@ -231,6 +247,10 @@ GraphName = Literal["cooccurrence", "similarity", "incompatibility"]
 
 
 class FusionConfig(_Section):
+    # pipeline: this pipeline's adapter (pipeline/model/knowledge.py); official: the published
+    # KA-MIG graph layer, exactly (pipeline/model/official.py), which fixes weight 1,
+    # null_negative zero, negative_at all and gcn_layers 3 (the config checks them).
+    adapter: Literal["pipeline", "official"] = "pipeline"
     weight: float = Field(1.0, ge=0.0)
     graphs: tuple[GraphName, ...] = ("cooccurrence", "similarity", "incompatibility")
     # all: the negative term at every position (official code); masked: masked positions only (paper).
@@ -356,6 +376,8 @@ def _check_consistency(cfg: Config) -> None:
             f"data.image_size ({cfg.data.image_size}) must be divisible by "
             f"2**tokenizer.downsamples ({2**cfg.tokenizer.downsamples})"
         )
+    if cfg.fusion.adapter == "official":
+        _check_official_fusion(cfg.fusion)
     if len(set(cfg.fusion.graphs)) != len(cfg.fusion.graphs):
         raise ConfigError(f"fusion.graphs lists a graph twice: {list(cfg.fusion.graphs)}")
     for section in ("train", "kamig"):
@@ -401,6 +423,22 @@ def _check_consistency(cfg: Config) -> None:
                 )
             if ratios[-1] != 0.0:
                 raise ConfigError("sample.strategy.mask_ratio must end at 0 (nothing left masked)")
+
+
+# What the official code fixes (KA configs/GraphNAT_L.yaml, libs/graph_layer.py): in official mode
+# these params may not differ, so that "official" always means the published layer.
+OFFICIAL_FUSION = {"weight": 1.0, "null_negative": "zero", "negative_at": "all", "gcn_layers": 3}
+
+
+def _check_official_fusion(fusion: FusionConfig) -> None:
+    for key, fixed in OFFICIAL_FUSION.items():
+        value = getattr(fusion, key)
+        if value != fixed:
+            raise ConfigError(
+                f"fusion.{key} is {value!r}, but fusion.adapter 'official' fixes it to {fixed!r} (the "
+                f"published layer has no such option): set fusion.{key}: {fixed!r} or "
+                "fusion.adapter: 'pipeline'"
+            )
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 ``shadow <- d * shadow + (1 - d) * param`` after every optimiser step, with the usual warm-up
 ``d_t = min(decay, (1 + t) / (10 + t))`` so that early, random weights are forgotten quickly
 instead of dominating a short run's average (2000 steps at decay 0.999 would otherwise still
-carry 13% of the initialisation).
+carry 13% of the initialisation). ``warmup=False`` uses ``decay`` from step 0, as the official
+KA-MIG recipe does (0.9999 over 1500 steps: the EMA copy keeps 0.9999^1500 = 86% of the initial
+weights, spec §2.1).
 """
 
 from __future__ import annotations
@@ -17,16 +19,19 @@ from torch import nn
 class EMA:
     """EMA of named parameters; accelerate checkpoints it through ``state_dict``/``load_state_dict``."""
 
-    def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float):
+    def __init__(
+        self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float, warmup: bool = True
+    ):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.decay = decay
+        self.warmup = warmup
         self.updates = 0
         # float32 copies: a bf16 average would lose the small (1 - d) increments entirely.
         self.shadow = {name: p.detach().clone().float() for name, p in named_parameters}
 
     def decay_at(self, updates: int) -> float:
-        return min(self.decay, (1 + updates) / (10 + updates))
+        return min(self.decay, (1 + updates) / (10 + updates)) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, named_parameters: Iterable[tuple[str, nn.Parameter]]) -> None:

@@ -37,6 +37,8 @@ PREPARED_DIR = DATA_DIR / "prepared"
 MANIFEST_PATH = PREPARED_DIR / "manifest.parquet"
 TOKENS_DIR = DATA_DIR / "tokens"
 GRAPHS_DIR = DATA_DIR / "graphs"
+# The official KA-MIG construction of the co-occurrence and similarity graphs (fusion.adapter: official).
+GRAPHS_OFFICIAL_DIR = DATA_DIR / "graphs_official"
 REFERENCE_DIR = DATA_DIR / "reference"
 SAMPLES_DIR = DATA_DIR / "samples"
 SAMPLES_SPLIT = "samples"  # data/samples/<variant>/samples/part-*.parquet, the token-shard layout

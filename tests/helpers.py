@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import CooccurrenceConfig, GraphsConfig, ModelConfig
 from pipeline.graphs.build import StagePaths, build_graphs
-from pipeline.model import GeneratorSpec
+from pipeline.model.transformer import GeneratorSpec
 from pipeline.shards import ShardWriter, TokenMeta, write_meta
 
 

@@ -27,19 +27,13 @@ import yaml
 
 from pipeline.config import FusionConfig, config_from_dict, merge_overlay
 from pipeline.errors import PipelineError
-from pipeline.model import (
-    KnowledgeGraphs,
-    MaskGIT,
-    UViT,
-    UViTSpec,
-    build_generator,
-    count_parameters,
-    load_generator,
-    save_generator,
-)
-from pipeline.model.convert import autonat_spec, check_state, import_autonat, load_autonat_state, main
-from pipeline.model.io import spec_from_architecture
-from pipeline.model.knowledge import csr_from_coo
+from pipeline.model.autonat import autonat_spec, check_state, import_autonat, load_autonat_state
+from pipeline.model.convert import main
+from pipeline.model.generators import build_generator, load_generator
+from pipeline.model.io import save_generator, spec_from_architecture
+from pipeline.model.knowledge import KnowledgeGraphs, csr_from_coo
+from pipeline.model.transformer import MaskGIT, count_parameters
+from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.sampling import decode_plan
 from pipeline.shards import TokenMeta, write_meta
 from tests.helpers import generator_spec

@@ -14,24 +14,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
+from pipeline import layout
 from pipeline.config import CooccurrenceConfig, GraphsConfig, SimilarityConfig, config_from_dict
 from pipeline.errors import PipelineError, ShardError
 from pipeline.graphs import pictures
 from pipeline.graphs.build import StagePaths, build_graphs
 from pipeline.graphs.cooccurrence import cooccurrence_table, count_cooccurrence
+from pipeline.graphs.official import add_self_loops_and_normalise, official_cooccurrence, official_similarity
 from pipeline.graphs.similarity import similarity_graph
 from pipeline.graphs.storage import (
     COOCCURRENCE_FILE,
     POSITION_TOKEN_COUNTS_FILE,
     SIMILARITY_FILE,
     load_edges,
+    load_official_edges,
     load_position_token_counts,
 )
 from pipeline.shards import ShardWriter, TokenMeta, load_split, shard_name, token_schema, write_meta
 from pipeline.tokenizer.base import Tokenizer, save_tokenizer, tokenizer_fingerprint
+from tests.helpers import REPO_ROOT
 
 GRAPH_FILES = (COOCCURRENCE_FILE, SIMILARITY_FILE, POSITION_TOKEN_COUNTS_FILE)
+OFFICIAL_FILES = (COOCCURRENCE_FILE, SIMILARITY_FILE)
 META = TokenMeta(grid_h=4, grid_w=5, codebook_size=40, num_classes=3, tokenizer_fingerprint="synthetic")
 
 
@@ -63,7 +69,11 @@ def stage_paths(root: Path, tokens_dir: Path, tokenizer_dir: Path | None = None)
 
 
 def graph_bytes(paths: StagePaths) -> dict[str, bytes]:
-    return {name: (paths.graphs_dir / name).read_bytes() for name in GRAPH_FILES}
+    """Every graph file of a run, data/graphs and data/graphs_official."""
+    files = {name: (paths.graphs_dir / name).read_bytes() for name in GRAPH_FILES}
+    official = paths.official_graphs_dir
+    files.update({f"official/{name}": (official / name).read_bytes() for name in OFFICIAL_FILES})
+    return files
 
 
 def run(root: Path, tokens_dir: Path, **overrides: Any) -> tuple[StagePaths, dict[str, Any]]:
@@ -218,6 +228,91 @@ def test_loaders(tmp_path, corpus):
     assert metrics["incompatibility_density"] == pytest.approx(1 - len(counts.compatible(1)[0]) / total)
     with pytest.raises(PipelineError, match="not found"):
         load_edges(tmp_path / "missing.parquet")
+
+
+# ------------------------------------------------------------------------------------------
+# data/graphs_official: the official KA-MIG construction, next to (and independent of) data/graphs
+# ------------------------------------------------------------------------------------------
+
+
+def test_official_graphs_equal_in_memory_reference(tmp_path, corpus):
+    labels, tokens = corpus
+    tokens_dir = write_tokens(tmp_path / "tokens", labels, tokens, shard_size=20)
+    paths, metrics = run(tmp_path / "out", tokens_dir)
+    assert paths.official_graphs_dir == tmp_path / "out" / "data" / "graphs_official"
+    assert sorted(p.name for p in paths.official_graphs_dir.iterdir()) == sorted(OFFICIAL_FILES)
+
+    split = load_split(tokens_dir / "train")
+    grids = split.tokens.reshape(-1, META.grid_h, META.grid_w)
+    position_counts = np.zeros((META.seq_len, META.codebook_size), dtype=np.int64)
+    for row in split.tokens:
+        position_counts[np.arange(META.seq_len), row] += 1
+    vocab, cfg = META.codebook_size, GraphsConfig().official
+    expected = {
+        COOCCURRENCE_FILE: official_cooccurrence(count_cooccurrence(grids, vocab, 8), cfg.cooccurrence_ratio),
+        SIMILARITY_FILE: official_similarity(position_counts, cfg.similarity_k, cfg.similarity_alpha),
+    }
+    on_disk = json.loads(paths.metrics_file.read_text())
+    assert on_disk["official"] == metrics["official"]
+    for name, edges in expected.items():
+        src, dst, weight = load_official_edges(paths.official_graphs_dir / name)
+        want_src, want_dst, want_weight = add_self_loops_and_normalise(*edges, vocab)
+        assert np.array_equal(src, want_src) and np.array_equal(dst, want_dst)
+        assert np.array_equal(weight, want_weight.astype(np.float32))
+        per_row = np.bincount(src, minlength=vocab)
+        loops = src == dst
+        assert np.array_equal(src[loops], np.arange(vocab))  # every token, the never-seen ones too
+        assert np.array_equal(weight[loops], (1.0 / per_row).astype(np.float32))
+        summary = on_disk["official"][name.removesuffix(".parquet")]
+        assert summary["edges"] == len(src) and summary["self_loops"] == vocab
+        assert summary["edges_per_row_max"] == per_row.max()
+    # The two never-seen tokens keep no co-occurrence edge (self-loop only), but do have k
+    # similarity neighbours (their profile is uniform: see pipeline.graphs.official).
+    assert on_disk["official"]["cooccurrence"]["edges_per_row_min"] == 1
+    similarity = on_disk["official"]["similarity"]
+    assert similarity["edges_per_row_min"] == similarity["edges_per_row_max"] == cfg.similarity_k + 1
+    assert similarity["edges"] == vocab * (cfg.similarity_k + 1)
+
+
+def test_official_params_change_only_the_official_files(tmp_path, corpus):
+    from pipeline.config import OfficialGraphsConfig
+
+    labels, tokens = corpus
+    tokens_dir = write_tokens(tmp_path / "tokens", labels, tokens, shard_size=40)
+    default, metrics = run(tmp_path / "a", tokens_dir)
+    other, other_metrics = run(tmp_path / "b", tokens_dir, official=OfficialGraphsConfig(
+        cooccurrence_ratio=0.5, similarity_k=3, similarity_alpha=1.0))
+    first, second = graph_bytes(default), graph_bytes(other)
+    for name in GRAPH_FILES:
+        assert first[name] == second[name]
+    for name in OFFICIAL_FILES:
+        assert first[f"official/{name}"] != second[f"official/{name}"]
+    for key in ("cooccurrence", "similarity", "incompatibility"):
+        assert metrics[key] == other_metrics[key]
+    assert other_metrics["official"]["similarity"]["edges"] == META.codebook_size * 4
+
+
+def test_failure_in_the_official_graphs_leaves_neither_directory(tmp_path, good_tokens, monkeypatch):
+    import pipeline.graphs.build as build
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "official_similarity", broken)
+    paths = stage_paths(tmp_path / "out", good_tokens)
+    with pytest.raises(OSError, match="No space"):
+        build_graphs(GraphsConfig(), paths)
+    assert list(paths.graphs_dir.parent.iterdir()) == []
+    assert not paths.metrics_file.exists()
+
+
+def test_official_directory_is_a_declared_output():
+    assert StagePaths().official_graphs_dir == layout.GRAPHS_OFFICIAL_DIR
+    assert layout.GRAPHS_OFFICIAL_DIR in StagePaths().outputs()
+    assert StagePaths(official_dir=Path("elsewhere")).official_graphs_dir == Path("elsewhere")
+    stage = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]["graphs"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o for o in stage["outs"]}
+    assert {str(layout.GRAPHS_DIR), str(layout.GRAPHS_OFFICIAL_DIR)} <= outs
 
 
 # ------------------------------------------------------------------------------------------
@@ -410,6 +505,8 @@ def test_stage_entry_with_picture(tmp_path, monkeypatch, corpus):
     stage.run(Config())
     for name in GRAPH_FILES:
         assert (Path("data/graphs") / name).is_file()
+    for name in OFFICIAL_FILES:
+        assert (layout.GRAPHS_OFFICIAL_DIR / name).is_file()
     assert Path("metrics/graphs.json").is_file() and Path("metrics/plots/graph_degrees.csv").is_file()
     assert Path("metrics/plots/graph_neighbours.png").stat().st_size > 0
     assert tokenizer_fingerprint("models/tokenizer") == fingerprint

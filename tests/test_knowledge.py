@@ -12,15 +12,10 @@ import torch
 from pipeline.config import FusionConfig, replace
 from pipeline.errors import PipelineError
 from pipeline.graphs.storage import load_knowledge_graphs
-from pipeline.model import (
-    GeneratorSpec,
-    KnowledgeGraphs,
-    MaskGIT,
-    build_generator,
-    load_generator,
-    save_generator,
-)
-from pipeline.model.knowledge import GCN
+from pipeline.model.generators import build_generator, load_generator
+from pipeline.model.io import save_generator
+from pipeline.model.knowledge import GCN, KnowledgeGraphs
+from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.shards import TokenMeta
 from tests.helpers import generator_spec, write_graph_files
 

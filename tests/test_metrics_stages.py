@@ -17,7 +17,8 @@ from pipeline import layout
 from pipeline.config import config_from_dict
 from pipeline.data import MANIFEST_PATH, build_manifest
 from pipeline.metrics import METRIC_KEYS
-from pipeline.model import build_generator, save_generator
+from pipeline.model.generators import build_generator
+from pipeline.model.io import save_generator
 from pipeline.shards import TokenMeta, load_split, write_meta
 from pipeline.stages import classifier as classifier_stage
 from pipeline.stages import evaluate as evaluate_stage

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.model import MaskGIT, count_parameters, load_generator, save_generator
+from pipeline.model.generators import load_generator
+from pipeline.model.io import save_generator
+from pipeline.model.transformer import MaskGIT, count_parameters
 from pipeline.shards import TokenMeta
 from pipeline.training.batches import mask_batch, masked_loss
 from tests.helpers import generator_spec

@@ -17,8 +17,9 @@ from safetensors.torch import load_file
 from pipeline.config import FusionConfig, TrainConfig, config_from_dict
 from pipeline.ema import EMA
 from pipeline.graphs.storage import load_knowledge_graphs
-from pipeline.model import MaskGIT, build_generator, load_generator
+from pipeline.model.generators import build_generator, load_generator
 from pipeline.model.knowledge import KnowledgeGraphs
+from pipeline.model.transformer import MaskGIT
 from pipeline.shards import TokenMeta, TokenSplit, write_meta, write_shard
 from pipeline.training.batches import SampleOrder, step_batch
 from pipeline.training.checkpoints import list_checkpoints
@@ -311,7 +312,7 @@ def test_train_base_imports_a_published_backbone_and_finetune_runs_on_it(
 ) -> None:
     """train.init: checkpoint. A random checkpoint in AutoNAT's layout (reduced width and depth)
     becomes models/base unchanged, and the fine-tunes train the adapter and mlm_layer.* on it."""
-    from pipeline.model import UViT, UViTSpec
+    from pipeline.model.uvit import UViT, UViTSpec
     from pipeline.stages import finetune, train_base
 
     monkeypatch.chdir(tmp_path)

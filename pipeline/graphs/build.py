@@ -7,11 +7,14 @@
 3. One lazy polars query (a few passes at ImageNet scale): ``position_token_counts.parquet``.
    Its per-(position, token) sums must equal step 2's, a cheap cross-check of both paths.
 4. Co-occurrence graph (prune, normalise), similarity graph (FAISS + exact JS re-rank).
-5. Metrics, degree histograms and the neighbour picture.
+5. The official KA-MIG construction of both graphs from the same counts, into
+   ``data/graphs_official`` (:mod:`pipeline.graphs.official`; ``data/graphs`` does not depend on it).
+6. Metrics, degree histograms and the neighbour picture.
 
-``data/graphs`` is written through :func:`pipeline.files.atomic_dir`: every file goes into a
-temporary sibling directory that replaces ``data/graphs`` only once everything above succeeded,
-so a failure (bad shard, full disk, Ctrl-C) leaves no partial graph files behind.
+``data/graphs`` and ``data/graphs_official`` are each written through
+:func:`pipeline.files.atomic_dir`: every file goes into a temporary sibling directory that
+replaces the directory only once everything above succeeded, so a failure (bad shard, full disk,
+Ctrl-C) leaves no partial graph files behind.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir, write_json
 from pipeline.graphs.cooccurrence import cooccurrence_table
 from pipeline.graphs.counting import CorpusCounts, count_corpus
+from pipeline.graphs.official import add_self_loops_and_normalise, official_cooccurrence, official_similarity
 from pipeline.graphs.positions import count_position_tokens
 from pipeline.graphs.similarity import faiss_gpu_available, similarity_graph
 from pipeline.graphs.source import open_source
@@ -41,6 +45,7 @@ from pipeline.graphs.stats import (
     graph_metrics,
     max_row_sum,
     neighbour_to_self_median,
+    official_graph_metrics,
     self_weight_mean,
     write_degree_csv,
 )
@@ -49,6 +54,8 @@ from pipeline.graphs.storage import (
     POSITION_TOKEN_COUNTS_FILE,
     SIMILARITY_FILE,
     load_edges,
+    load_official_edges,
+    write_official_edges,
     write_table,
 )
 
@@ -71,9 +78,18 @@ class StagePaths:
     picture: Path = layout.PLOTS_DIR / "graph_neighbours.png"
     # None: no neighbour picture (unit tests have no tokenizer).
     tokenizer_dir: Path | None = layout.TOKENIZER_DIR
+    # None: "<graphs_dir>_official" next to graphs_dir (layout.GRAPHS_OFFICIAL_DIR by default), so
+    # that callers passing only a temporary graphs_dir never write into the working directory.
+    official_dir: Path | None = None
+
+    @property
+    def official_graphs_dir(self) -> Path:
+        if self.official_dir is not None:
+            return self.official_dir
+        return self.graphs_dir.with_name(f"{self.graphs_dir.name}_official")
 
     def outputs(self) -> list[Path]:
-        return [self.graphs_dir, self.metrics_file, self.degrees_csv, self.picture]
+        return [self.graphs_dir, self.official_graphs_dir, self.metrics_file, self.degrees_csv, self.picture]
 
 
 @dataclass
@@ -108,7 +124,9 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
     with timer.part("count"):
         counts = count_corpus(source, cfg.cooccurrence.neighbourhood)
 
-    with atomic_dir(paths.graphs_dir) as out:
+    # Both directories are committed only when the block ends without an error (the official one
+    # first, then data/graphs), so a failure anywhere inside leaves neither.
+    with atomic_dir(paths.graphs_dir) as out, atomic_dir(paths.official_graphs_dir) as official_out:
         with timer.part("positions"):
             positions = count_position_tokens(source, out / POSITION_TOKEN_COUNTS_FILE,
                                               cfg.positions_groups_per_pass, NEVER_OBSERVED)
@@ -126,6 +144,8 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
                                           cfg.similarity.alpha, cfg.similarity.index, use_gpu,
                                           cfg.similarity.distance_unit)
             write_table(out / SIMILARITY_FILE, similarity.table)
+        with timer.part("official"):
+            official = _official_graphs(cfg, counts, vocab, official_out)
 
         co = _columns(cooccurrence, ("src", "dst", "count", "weight"))
         sim = _columns(similarity.table, ("src", "dst", "distance", "weight"))
@@ -162,6 +182,7 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
                 "exact": int(similarity.exact),
                 "bruteforce_fallbacks": similarity.fallbacks,
             },
+            "official": official,
             "incompatibility": {
                 "min_count": NEVER_OBSERVED,
                 "density": positions.incompatibility_density,
@@ -177,6 +198,34 @@ def build_graphs(cfg: GraphsConfig, paths: StagePaths | None = None) -> dict[str
     log.info("graphs: co-occurrence %d edges, similarity %d edges, incompatibility density %.4f (%.1fs)",
              co_metrics["edges"], sim_metrics["edges"], positions.incompatibility_density,
              timer.seconds["total"])
+    return metrics
+
+
+def _official_graphs(cfg: GraphsConfig, counts: CorpusCounts, vocab: int, out: Path) -> dict[str, Any]:
+    """Write the official co-occurrence and similarity files into ``out``; returns their metrics."""
+    official = cfg.official
+    if cfg.cooccurrence.neighbourhood != 8:
+        # One count pass serves both constructions; the official one is defined on 8 neighbours.
+        log.warning("graphs: the official co-occurrence graph uses graphs.cooccurrence.neighbourhood = %d, "
+                    "not the official 8", cfg.cooccurrence.neighbourhood)
+    graphs = {
+        COOCCURRENCE_FILE: official_cooccurrence(counts.cooccurrence, official.cooccurrence_ratio),
+        SIMILARITY_FILE: official_similarity(counts.positions, official.similarity_k,
+                                             official.similarity_alpha),
+    }
+    parameters = {
+        COOCCURRENCE_FILE: {"neighbourhood": str(cfg.cooccurrence.neighbourhood),
+                            "ratio": repr(float(official.cooccurrence_ratio))},
+        SIMILARITY_FILE: {"k": str(official.similarity_k), "alpha": repr(float(official.similarity_alpha))},
+    }
+    metrics = {}
+    for file, (src, dst, weight) in graphs.items():
+        src, dst, weight = add_self_loops_and_normalise(src, dst, weight, vocab)
+        write_official_edges(out / file, src, dst, weight.astype(np.float32),
+                             {"construction": "official", "num_tokens": str(vocab), **parameters[file]})
+        # Summarised as stored (float32), i.e. as the model reads the file.
+        name = file.removesuffix(".parquet")
+        metrics[name] = official_graph_metrics(*load_official_edges(out / file), vocab)
     return metrics
 
 

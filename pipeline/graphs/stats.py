@@ -111,3 +111,27 @@ def write_degree_csv(path: Path, histograms: dict[str, np.ndarray]) -> None:
         for degree in range(length):
             writer.writerow([degree, *(int(histograms[n][degree]) if degree < len(histograms[n]) else 0
                                        for n in names)])
+
+
+def official_graph_metrics(src: np.ndarray, dst: np.ndarray, weight: np.ndarray,
+                           num_nodes: int) -> dict[str, float | int]:
+    """Summary of an official graph file (:mod:`pipeline.graphs.official`), self-loops included.
+
+    Unlike :func:`graph_metrics`, ``edges`` counts every stored row (self-loops too), and the
+    per-row / in-degree counts include each node's self-loop, as the normalisation's ``n_i`` does.
+    """
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
+    per_row = np.bincount(src, minlength=num_nodes)
+    in_degree = np.bincount(dst, minlength=num_nodes)
+    return {
+        "nodes": num_nodes,
+        "edges": len(src),
+        "self_loops": int(np.count_nonzero(src == dst)),
+        "edges_per_row_min": int(per_row.min()) if num_nodes else 0,
+        "edges_per_row_max": int(per_row.max()) if num_nodes else 0,
+        "in_degree_min": int(in_degree.min()) if num_nodes else 0,
+        "in_degree_max": int(in_degree.max()) if num_nodes else 0,
+        "weight_min": float(weight.min()) if weight.size else 0.0,
+        "weight_max": float(weight.max()) if weight.size else 0.0,
+    }

@@ -13,6 +13,11 @@ The co-occurrence file stores the diagonal of ``A_hat`` as its self-loop rows. T
 stores exactly the k nearest neighbours of each token and no self-loops, so the diagonal
 ``1 / d_src`` is implicit; :func:`load_edges` rebuilds it from the file's distances and the
 ``alpha`` / distance scale kept in its Parquet metadata (see :mod:`pipeline.graphs.similarity`).
+
+``data/graphs_official/`` holds the official KA-MIG construction (:mod:`pipeline.graphs.official`)
+in the same fixed layout, ``cooccurrence.parquet`` and ``similarity.parquet`` both with schema
+``src int32, dst int32, weight float32``: every stored row, self-loops included, already divided
+by ``sqrt(n_src * n_dst)``; read them with :func:`load_official_edges`.
 """
 
 from __future__ import annotations
@@ -51,6 +56,14 @@ SIMILARITY_SCHEMA = pa.schema(
         pa.field("src", pa.int32(), nullable=False),
         pa.field("dst", pa.int32(), nullable=False),
         pa.field("distance", pa.float32(), nullable=False),
+        pa.field("weight", pa.float32(), nullable=False),
+    ]
+)
+# data/graphs_official/{cooccurrence,similarity}.parquet (same file names as in data/graphs).
+OFFICIAL_EDGES_SCHEMA = pa.schema(
+    [
+        pa.field("src", pa.int32(), nullable=False),
+        pa.field("dst", pa.int32(), nullable=False),
         pa.field("weight", pa.float32(), nullable=False),
     ]
 )
@@ -205,6 +218,29 @@ def load_position_token_counts(path: str | Path) -> PositionTokenCounts:
     table = _read(path, POSITION_TOKEN_COUNTS_SCHEMA)
     return PositionTokenCounts(*(table.column(name).to_numpy().astype(np.int64)
                                  for name in ("label", "position", "token", "count")))
+
+
+def write_official_edges(path: Path, src: np.ndarray, dst: np.ndarray, weight: np.ndarray,
+                         metadata: dict[str, str] | None = None) -> None:
+    """Write one official graph (``OFFICIAL_EDGES_SCHEMA``), rows sorted by (src, dst)."""
+    src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)
+    order = np.lexsort((dst, src))
+    write_table(path, table_from_columns(
+        OFFICIAL_EDGES_SCHEMA, {"src": src[order], "dst": dst[order], "weight": np.asarray(weight)[order]},
+        metadata))
+
+
+def load_official_edges(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An official graph file as ``(src int64, dst int64, weight float32)``, sorted by (src, dst).
+
+    Every entry is stored, self-loops included: row ``src`` aggregates from column ``dst``.
+    """
+    table = _read(path, OFFICIAL_EDGES_SCHEMA)
+    return (
+        table.column("src").to_numpy().astype(np.int64),
+        table.column("dst").to_numpy().astype(np.int64),
+        table.column("weight").to_numpy().astype(np.float32),
+    )
 
 
 # --------------------------------------------------------------------------------------------

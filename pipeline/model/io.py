@@ -5,7 +5,10 @@
 * ``architecture``: the :class:`GeneratorSpec`, or the :class:`UViTSpec` when ``arch`` is "uvit"
   (no ``arch`` key: "maskgit", as in model directories written before AutoNAT support);
 * ``adapter``: the ``fusion`` params it was built with (graphs used, negative_at, GCN layers,
-  fusion weight, min_count), or null for the base model. The graphs are buffers in the weights file;
+  fusion weight, min_count), or null for the base model. Its ``adapter`` key says which adapter
+  (``official``); an entry without it is this pipeline's design (every model written before the
+  official mode existed, and every model of that design since, so that their bytes stay the same).
+  The graphs are buffers in the weights file;
 * ``tokens``: the token meta the model was trained on, including the tokenizer fingerprint, so a
   model is never silently used with tokens from another tokenizer or grid;
 * ``variant`` and ``weights``: "ema" (only the EMA weights are saved; they are what samples).
@@ -18,13 +21,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from pipeline.config import FusionConfig, ModelConfig, config_from_dict
+from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
-from pipeline.model.knowledge import KnowledgeAdapter, KnowledgeGraphs
+from pipeline.model.adapter import Adapter
 from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.shards import TokenMeta
@@ -55,15 +57,8 @@ def spec_from_config(
     return GeneratorSpec.from_config(model, codebook_size, num_classes, seq_len)
 
 
-def build_generator(
-    spec: GeneratorSpec | UViTSpec, fusion: FusionConfig | None = None, graphs: KnowledgeGraphs | None = None
-) -> MaskGIT | UViT:
-    """A fresh model; with ``fusion`` and ``graphs`` it carries a (zero-initialised) adapter."""
-    adapter = None
-    if fusion is not None:
-        if graphs is None:
-            raise ValueError("an adapter needs its graphs")
-        adapter = KnowledgeAdapter(spec.dim, spec.injection_points, graphs, fusion)
+def build_backbone(spec: GeneratorSpec | UViTSpec, adapter: Adapter | None = None) -> MaskGIT | UViT:
+    """A fresh backbone of ``spec``'s architecture, carrying ``adapter`` if one is given."""
     return UViT(spec, adapter) if isinstance(spec, UViTSpec) else MaskGIT(spec, adapter)
 
 
@@ -75,7 +70,7 @@ def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token
         "variant": variant,
         "weights": "ema",
         "architecture": model.spec.to_dict(),
-        "adapter": None if adapter is None else adapter.fusion.to_dict(),
+        "adapter": None if adapter is None else adapter.config_dict(),
         "tokens": asdict(token_meta),
     }
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
@@ -111,43 +106,3 @@ def check_token_meta(model_dir: str | Path, model_tokens: dict[str, Any], expect
         f"{model_dir} was trained on different tokens than data/tokens ({'; '.join(diffs)}); "
         "re-run the training stages (dvc repro)"
     )
-
-
-def _fusion_from_dict(raw: dict[str, Any]) -> FusionConfig:
-    return config_from_dict({"fusion": raw}, source="config.json").fusion
-
-
-def load_generator(
-    model_dir: str | Path, device: str | torch.device = "cpu", expected_meta: TokenMeta | None = None
-) -> MaskGIT:
-    """Load ``models/<variant>/`` in eval mode with its EMA weights (and adapter, if it has one).
-
-    With ``expected_meta`` (e.g. ``read_meta("data/tokens")``), a model trained on other tokens
-    (tokenizer fingerprint, grid, codebook or class count) raises :class:`PipelineError`.
-    """
-    model_dir = Path(model_dir)
-    config = read_generator_config(model_dir)
-    if expected_meta is not None:
-        check_token_meta(model_dir, config["tokens"], expected_meta)
-    weights = model_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise PipelineError(f"{weights} not found: train the model first (dvc repro)")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise PipelineError(f"cannot read {weights}: {exc}") from exc
-
-    spec = spec_from_architecture(config["architecture"])
-    fusion, graphs = None, None
-    if config["adapter"] is not None:
-        fusion = _fusion_from_dict(config["adapter"])
-        graphs = KnowledgeGraphs.from_state(spec.codebook_size, spec.num_classes, spec.seq_len, state,
-                                            prefix="adapter.")
-    model = build_generator(spec, fusion, graphs)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise PipelineError(f"{weights} does not match {model_dir / CONFIG_FILE}: {exc}") from exc
-    model.token_meta = TokenMeta(**config["tokens"])
-    model.variant = config["variant"]
-    return model.to(device).eval()

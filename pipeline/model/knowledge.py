@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +56,7 @@ from torch import nn
 
 from pipeline.config import FusionConfig
 from pipeline.graphs.storage import POSITIVE_GRAPHS, KnowledgeGraphData
+from pipeline.model.adapter import Adapter, Inject
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ def _pad_class_slot(table: torch.Tensor) -> torch.Tensor:
     return F.pad(table, (0, 0, 1, 0))
 
 
-class KnowledgeAdapter(nn.Module):
-    """Graph-aware encoder plus per-layer fusion; plugged into ``MaskGIT(spec, adapter)``."""
+class KnowledgeAdapter(Adapter):
+    """This pipeline's graph-aware encoder plus per-layer fusion (``fusion.adapter: pipeline``)."""
 
     def __init__(
         self,
@@ -364,6 +364,13 @@ class KnowledgeAdapter(nn.Module):
     def release_precomputed(self) -> None:
         self.tables = None
 
+    def config_dict(self) -> dict[str, Any]:
+        # Without the `adapter` key, as written before the official mode existed: a model of this
+        # design keeps its bytes, and an entry without the key loads as this design.
+        config = self.fusion.to_dict()
+        del config["adapter"]
+        return config
+
     def train(self, mode: bool = True) -> KnowledgeAdapter:
         self.tables = None  # the weights are about to change; also frees the memory
         return super().train(mode)
@@ -372,7 +379,7 @@ class KnowledgeAdapter(nn.Module):
 
     def forward(
         self, tokens: torch.Tensor, labels: torch.Tensor, embeddings: torch.Tensor
-    ) -> Callable[[int], torch.Tensor] | None:
+    ) -> Inject | None:
         """Return ``inject(layer) -> (B, L + 1, dim)``, the signal added before block ``layer``."""
         if not self.positive and not self.negative:
             return None
@@ -404,25 +411,3 @@ class KnowledgeAdapter(nn.Module):
             return signal.view(batch, self.seq_len + 1, -1)
 
         return inject
-
-
-class AdapterHost:
-    """What every backbone that can carry a :class:`KnowledgeAdapter` shares (MaskGIT, U-ViT).
-
-    ``head_prefix`` names the output head's own parameters, which fine-tuning trains with the
-    adapter while the backbone stays frozen (the tied token table is not among them: it is the
-    backbone's input and the adapter's node features).
-    """
-
-    adapter: KnowledgeAdapter | None
-    head_prefix: str
-    token_embeddings: torch.Tensor  # (V, dim): the codebook rows of the token table
-
-    def precompute(self) -> None:
-        """Freeze the adapter's inference tables from the current weights (sampling)."""
-        if self.adapter is not None:
-            self.adapter.precompute(self.token_embeddings)
-
-    def release_precomputed(self) -> None:
-        if self.adapter is not None:
-            self.adapter.release_precomputed()

@@ -6,7 +6,7 @@ Read top to bottom:
 2. :class:`Attention`, :class:`MLP`, :class:`Block` - a standard pre-norm transformer block.
 3. :class:`Head` - the MaskGIT/BERT output head, tied to the token embeddings by default.
 4. :class:`MaskGIT` - embeddings, blocks, head, and the one place where an optional knowledge
-   adapter (``pipeline.model.knowledge``) adds its signal: before every block.
+   adapter (:mod:`pipeline.model.adapter`) adds its signal: before every block.
 
 Conventions the sampler and the evaluation rely on:
 
@@ -21,7 +21,6 @@ Conventions the sampler and the evaluation rely on:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.model.knowledge import AdapterHost
+from pipeline.model.adapter import Adapter, AdapterHost, Inject
 
 
 @dataclass(frozen=True)
@@ -137,15 +136,15 @@ class Head(nn.Module):
 class MaskGIT(AdapterHost, nn.Module):
     """Class-conditional masked token transformer; optionally carries a knowledge adapter.
 
-    The adapter (``pipeline.model.knowledge.KnowledgeAdapter``) is called once per forward with
-    the tokens, labels and the token-embedding table (its graph node features), and returns
+    The adapter (:class:`pipeline.model.adapter.Adapter`) is called once per forward with the
+    tokens, labels and the token-embedding table (its graph node features), and returns
     ``inject(layer)``, the additive signal before block ``layer``, (B, L + 1, dim). Without an
     adapter this is plain MaskGIT.
     """
 
     head_prefix = "head."
 
-    def __init__(self, spec: GeneratorSpec, adapter: nn.Module | None = None):
+    def __init__(self, spec: GeneratorSpec, adapter: Adapter | None = None):
         super().__init__()
         self.spec = spec
         self.codebook_size = spec.codebook_size
@@ -203,7 +202,7 @@ class MaskGIT(AdapterHost, nn.Module):
         x = torch.cat([self.cls_emb(labels)[:, None], self.tok_emb(tokens)], dim=1) + self.pos_emb
         x = self.dropout(x)
 
-        inject: Callable[[int], torch.Tensor] | None = None
+        inject: Inject | None = None
         if self.adapter is not None:
             inject = self.adapter(tokens, labels, self.token_embeddings)
         for layer, block in enumerate(self.blocks):

@@ -39,7 +39,6 @@ this wrapper adds that axis itself.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -47,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.model.knowledge import AdapterHost
+from pipeline.model.adapter import Adapter, AdapterHost, Inject
 
 ARCH = "uvit"
 # spec §1.4 step 1-2 (nat_model.py l.34): the two embedding LayerNorms. Every other LayerNorm
@@ -191,13 +190,10 @@ class MlmHead(nn.Module):
         return F.linear(self.ln(F.gelu(self.fc(x))), table) + self.bias
 
 
-Inject = Callable[[int], torch.Tensor]
-
-
 class UViT(AdapterHost, nn.Module):
     """AutoNAT's class-conditional U-ViT over a token grid; optionally carries a knowledge adapter.
 
-    The adapter (``pipeline.model.knowledge.KnowledgeAdapter`` with ``depth = injection_points``)
+    The adapter (:class:`pipeline.model.adapter.Adapter`, built for ``injection_points`` points)
     is called once per forward with the tokens, labels and the codebook rows of the token table,
     and its ``inject(i)`` (B, L + 1, dim) is added to x before each block, in KA-MIG's order
     (spec §2.3; KA ``libs/nat_model_graph.py`` l.230-244, which pops per-block lists from the end):
@@ -210,7 +206,7 @@ class UViT(AdapterHost, nn.Module):
 
     head_prefix = "mlm_layer."  # KA-MIG fine-tunes these with the adapter (KA utils.py l.124-145)
 
-    def __init__(self, spec: UViTSpec, adapter: nn.Module | None = None):
+    def __init__(self, spec: UViTSpec, adapter: Adapter | None = None):
         super().__init__()
         self.spec = spec
         self.codebook_size = spec.codebook_size

@@ -126,7 +126,7 @@ def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialSta
     """This process's batches of ``variant``'s samples; the main process returns all of them in
     order, the others None."""
     from pipeline.launch import batch_share, gather_parts
-    from pipeline.model import load_generator
+    from pipeline.model.generators import load_generator
     from pipeline.tokenizer.base import tokenizer_fingerprint
 
     if variant not in layout.GENERATOR_VARIANTS:

@@ -1,13 +1,14 @@
-"""Stage ``finetune@{control,kamig}``: the fair comparison, built into the DAG.
+"""Stage ``finetune@{control,permuted,kamig}``: the fair comparison, built into the DAG.
 
-Both variants start from the EMA weights of ``models/base``, add the same knowledge adapter over
-``data/graphs`` and train the same parameters for ``kamig.steps`` on the same data order; only
-``control`` forces ``fusion.weight = 0`` (no graph signal). So ``dvc exp run -S fusion.weight=0.5``
-re-runs ``finetune@kamig`` only. Writes ``models/<variant>/``, ``metrics/train_<variant>.json`` and
-``metrics/live/train_<variant>/``; checkpoints in ``checkpoints/<variant>/`` (persist). The work is
-:func:`pipeline.training.runs.finetune`.
+The three variants start from the EMA weights of ``models/base``, add the same knowledge adapter
+(``fusion.adapter``) and train the same parameters for ``kamig.steps`` on the same data order:
+``control`` forces ``fusion.weight = 0`` (no graph signal), ``permuted`` convolves over permuted
+graphs (the null control), ``kamig`` over the graphs. So ``dvc exp run -S fusion.weight=0.5``
+re-runs ``finetune@kamig`` and ``finetune@permuted`` only. Writes ``models/<variant>/``,
+``metrics/train_<variant>.json`` and ``metrics/live/train_<variant>/``; checkpoints in
+``checkpoints/<variant>/`` (persist). The work is :func:`pipeline.training.finetune.finetune`.
 
-Usage: ``python -m pipeline.stages.finetune control|kamig``.
+Usage: ``python -m pipeline.stages.finetune control|permuted|kamig``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Sequence
 from pipeline import layout
 from pipeline.config import Config
 from pipeline.runtime import stage_main
-from pipeline.training.runs import finetune, save_result
+from pipeline.training.finetune import finetune
+from pipeline.training.runs import save_result
 
 
 def run(cfg: Config, variant: str) -> None:

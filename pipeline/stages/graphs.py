@@ -1,7 +1,9 @@
 """Stage ``graphs``: the co-occurrence, similarity and position-token graphs from the train tokens.
 
 Reads ``data/tokens/train`` + ``meta.json`` (and ``models/tokenizer`` for the neighbour picture);
-writes ``data/graphs/``, ``metrics/graphs.json`` and ``metrics/plots/graph_{degrees.csv,neighbours.png}``,
+writes ``data/graphs/``, ``data/graphs_official/`` (the official KA-MIG construction of the
+co-occurrence and similarity graphs, for ``fusion.adapter: official``), ``metrics/graphs.json``
+and ``metrics/plots/graph_{degrees.csv,neighbours.png}``,
 each atomically. The work is :func:`pipeline.graphs.build.build_graphs`.
 
 Usage: ``python -m pipeline.stages.graphs``.

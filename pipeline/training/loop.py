@@ -35,7 +35,7 @@ import torch
 from pipeline.config import TrainConfig
 from pipeline.ema import EMA
 from pipeline.errors import PipelineError
-from pipeline.model import MaskGIT, count_parameters
+from pipeline.model.transformer import MaskGIT, count_parameters
 from pipeline.progress import progress_bar
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta, TokenSplit
@@ -92,7 +92,7 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
     named = select_trainable(model, run.trainable)
     raw_model, optimizer = model, configure_optimizer(named, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema, progress = EMA(named, recipe.ema_decay), TrainProgress()
+    ema, progress = EMA(named, recipe.ema_decay, warmup=recipe.ema_warmup == "warmup"), TrainProgress()
     accelerator.register_for_checkpointing(ema)
     accelerator.register_for_checkpointing(progress)
     checkpoints = Checkpointer(accelerator, run.checkpoint_dir, run.fingerprint)

@@ -1,18 +1,13 @@
-"""The two training runs of the DAG, from params to a trained model: ``train_base`` and ``finetune``.
+"""The training runs of the DAG, from params to a trained model: ``train_base`` here, and the
+fine-tunes in :mod:`pipeline.training.finetune` (which need the graph code; this module does not).
 
 * :func:`train_base`: the base model (``model.arch``) from scratch on ``data/tokens`` with the
   ``train.*`` recipe, or (``train.init: checkpoint``) imported from published AutoNAT weights. It
   reads ``seed``, ``model.*`` and ``train.*`` only, never ``fusion.*`` or ``kamig.*``, so fine-tuning
   experiments never retrain the baseline.
-* :func:`finetune`: the base model's EMA weights plus the knowledge adapter over ``data/graphs``,
-  trained with the ``kamig.*`` recipe. ``control``, ``permuted`` and ``kamig`` train the same
-  parameters on the same data order; ``control`` forces ``fusion.weight = 0`` (a head-only
-  fine-tune: the adapter gets no gradient), ``permuted`` uses the graphs relabelled by one fixed
-  permutation of the vocabulary (:func:`pipeline.graphs.storage.permuted`: the adapter's capacity
-  without its knowledge). ``kamig.freeze_backbone: true`` (the paper) trains the adapter and the
-  output head's own layers; ``false`` trains everything.
+* :func:`save_result`, shared with the fine-tunes: the model directory and the metrics file.
 
-Both resume from ``checkpoints/<variant>/`` when it holds a checkpoint of the same run definition
+Every run resumes from ``checkpoints/<variant>/`` when it holds a checkpoint of the same run definition
 (its fingerprint: the recipe, the architecture and digests of every input), so ``dvc repro``
 after an interruption ends with the same weights as an uninterrupted run. :func:`save_result`
 writes ``models/<variant>/`` and ``metrics/train_<variant>.json``.
@@ -26,16 +21,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from pipeline import layout
-from pipeline.config import Config, Recipe, TrainConfig, replace
+from pipeline.config import Config, TrainConfig
 from pipeline.errors import PipelineError
 from pipeline.files import write_json
-from pipeline.graphs.storage import GRAPH_FILES, load_knowledge_graphs, permuted
-from pipeline.model import KnowledgeGraphs, build_generator, count_parameters, load_generator, save_generator
-from pipeline.model.io import WEIGHTS_FILE, spec_from_config
+from pipeline.model.io import build_backbone, save_generator, spec_from_config
+from pipeline.model.transformer import count_parameters
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta, TokenSplit, list_shards, load_split, read_meta
 from pipeline.training.checkpoints import file_digest
@@ -44,9 +37,6 @@ from pipeline.training.loop import TrainResult, TrainRun, evaluate_masked, train
 log = logging.getLogger(__name__)
 
 BASE_STREAM = "base"
-FINETUNE_STREAM = "finetune"  # every fine-tune shares it: the same data order and masks
-# The permuted (null) variant's one fixed relabelling of the vocabulary: a constant, not a param.
-NULL_PERMUTATION_SEED = 20251115
 
 
 @dataclass(frozen=True)
@@ -62,11 +52,6 @@ def load_token_splits(val_images: int, tokens_dir: Path = layout.TOKENS_DIR) -> 
                      load_split(tokens_dir / "val", limit=val_images))
 
 
-def finetune_recipe(cfg: Config) -> TrainConfig:
-    """The ``kamig`` recipe, executed and checkpointed as ``train`` says (grad_accum, precision...)."""
-    return replace(cfg.train, **{name: getattr(cfg.kamig, name) for name in Recipe.model_fields})
-
-
 def resume_key(recipe: TrainConfig, seed: int, stream: str) -> dict[str, Any]:
     """What a checkpoint depends on: not checkpoint_every or val_images, which change no weight."""
     key = {"seed": seed, "stream": stream, **recipe.to_dict()}
@@ -74,7 +59,7 @@ def resume_key(recipe: TrainConfig, seed: int, stream: str) -> dict[str, Any]:
     return key
 
 
-def _split_digest(split_dir: Path) -> list[tuple[str, str]]:
+def split_digest(split_dir: Path) -> list[tuple[str, str]]:
     return [(path.name, file_digest(path)) for path in list_shards(split_dir)]
 
 
@@ -85,7 +70,7 @@ def train_base(cfg: Config) -> TrainResult:
         return import_base(cfg, data)
     spec = spec_from_config(cfg.model, meta.codebook_size, meta.num_classes, meta.seq_len)
     torch.manual_seed(derive_seed(cfg.seed, "init", layout.BASE))
-    model = build_generator(spec)
+    model = build_backbone(spec)
     run = TrainRun(
         recipe=cfg.train, seed=cfg.seed, stream=BASE_STREAM,
         checkpoint_dir=layout.checkpoint_dir(layout.BASE), live_dir=layout.live_dir(layout.BASE),
@@ -95,7 +80,7 @@ def train_base(cfg: Config) -> TrainResult:
             "settings": resume_key(cfg.train, cfg.seed, BASE_STREAM),
             "architecture": spec.to_dict(),
             "tokens": asdict(meta),
-            "train_shards": _split_digest(layout.TOKENS_DIR / "train"),
+            "train_shards": split_digest(layout.TOKENS_DIR / "train"),
         },
     )
     return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
@@ -106,7 +91,7 @@ def import_base(cfg: Config, data: TokenData) -> TrainResult:
     that they fit the tokens, and the same masked validation as a trained base."""
     from accelerate import PartialState
 
-    from pipeline.model.convert import import_autonat
+    from pipeline.model.autonat import import_autonat
 
     model = import_autonat(cfg.train.checkpoint, heads=cfg.model.heads)
     meta = data.meta
@@ -125,49 +110,6 @@ def import_base(cfg: Config, data: TokenData) -> TrainResult:
     log.info("imported the base model from %s (%d parameters)", cfg.train.checkpoint, metrics["params"])
     return TrainResult(model=model.cpu().eval(), metrics=metrics, is_main_process=state.is_main_process,
                        token_meta=meta)
-
-
-def finetune(cfg: Config, variant: str) -> TrainResult:
-    if variant not in layout.FINETUNE_VARIANTS:
-        raise PipelineError(f"unknown fine-tuning variant {variant!r}; "
-                            f"choose one of {list(layout.FINETUNE_VARIANTS)}")
-    fusion = replace(cfg.fusion, weight=0.0) if variant == layout.CONTROL else cfg.fusion
-    data = load_token_splits(cfg.train.val_images)
-    meta = data.meta
-    base_dir = layout.model_dir(layout.BASE)
-    base = load_generator(base_dir, expected_meta=meta)
-    graphs = load_knowledge_graphs(layout.GRAPHS_DIR, codebook_size=meta.codebook_size,
-                                   num_classes=meta.num_classes, seq_len=meta.seq_len, graphs=fusion.graphs,
-                                   min_count=fusion.min_count)
-    if variant == layout.PERMUTED:
-        relabelling = np.random.default_rng(NULL_PERMUTATION_SEED).permutation(meta.codebook_size)
-        graphs = permuted(graphs, relabelling)
-    model = build_generator(base.spec, fusion, KnowledgeGraphs.from_data(graphs))
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or any(not name.startswith("adapter.") for name in missing):
-        raise PipelineError(f"{base_dir} does not fit the fine-tuning model: {missing} {unexpected}")
-
-    names = [name for name, _ in model.named_parameters()]
-    if cfg.kamig.freeze_backbone:  # the paper: the adapter and the output head's own layers
-        trainable = [n for n in names if n.startswith(("adapter.", model.head_prefix))]
-    else:
-        trainable = names
-    recipe = finetune_recipe(cfg)
-    run = TrainRun(
-        recipe=recipe, seed=cfg.kamig.seed, stream=FINETUNE_STREAM, trainable=tuple(trainable),
-        checkpoint_dir=layout.checkpoint_dir(variant), live_dir=layout.live_dir(variant), desc=variant,
-        fingerprint={
-            "stage": f"finetune@{variant}",
-            "settings": resume_key(recipe, cfg.kamig.seed, FINETUNE_STREAM),
-            "adapter": fusion.to_dict(),
-            "trainable": trainable,
-            "tokens": asdict(meta),
-            "train_shards": _split_digest(layout.TOKENS_DIR / "train"),
-            "base_weights": file_digest(base_dir / WEIGHTS_FILE),
-            "graphs": {g: file_digest(layout.GRAPHS_DIR / GRAPH_FILES[g]) for g in fusion.graphs},
-        },
-    )
-    return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
 
 
 def save_result(result: TrainResult, variant: str) -> None:
