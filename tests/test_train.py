@@ -294,6 +294,46 @@ def test_train_base_and_finetune_stages(tmp_path: Path, monkeypatch: pytest.Monk
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("arch", ["maskgit", "uvit"])
+def test_official_adapter_finetunes_through_the_stages(
+    arch: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fusion.adapter: official on both backbones: the fine-tunes read data/graphs_official, train the
+    adapter and the head only, and the control (weight 0) leaves the zero projections at zero."""
+    from pipeline.model.official import OfficialAdapter
+    from pipeline.stages import finetune, train_base
+
+    monkeypatch.chdir(tmp_path)
+    _write_tokens(tmp_path)
+    assert (tmp_path / "data/graphs_official/cooccurrence.parquet").is_file()
+    cfg = config_from_dict({
+        "model": {"dim": 16, "depth": 2, "heads": 2, "arch": arch},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2, "log_every": 2,
+                  "val_images": 16},
+        "kamig": {"steps": 3, "warmup_steps": 1, "ema_decay": 0.9999, "ema_warmup": "constant"},
+        "fusion": {"adapter": "official", "null_negative": "zero"},
+    })
+    train_base.run(cfg)
+    for variant in ("control", "permuted", "kamig"):
+        finetune.run(cfg, variant)
+    base, control, permuted, kamig = (load_generator(tmp_path / "models" / v, expected_meta=META)
+                                      for v in ("base", "control", "permuted", "kamig"))
+    assert all(isinstance(m.adapter, OfficialAdapter) for m in (control, permuted, kamig))
+    assert control.adapter.fusion.weight == 0.0 and kamig.adapter.fusion.weight == 1.0
+    for name, value in base.state_dict().items():  # the frozen backbone, head aside
+        if not name.startswith(kamig.head_prefix):
+            assert torch.equal(kamig.state_dict()[name], value), name
+    assert all(torch.count_nonzero(p) == 0 for p in control.adapter.zero_convs.parameters())
+    assert any(torch.count_nonzero(p) > 0 for p in kamig.adapter.zero_convs.parameters())
+    # The null control: the same edge weights on relabelled nodes.
+    weights = [m.adapter.cooccurrence_edge_weight.sort().values for m in (permuted, kamig)]
+    assert torch.equal(*weights)
+    assert not torch.equal(permuted.adapter.cooccurrence_edge_index, kamig.adapter.cooccurrence_edge_index)
+    trainable = json.loads((tmp_path / "metrics/train_kamig.json").read_text())["trainable_params"]
+    head = sum(p.numel() for n, p in kamig.named_parameters() if n.startswith(kamig.head_prefix))
+    assert trainable == head + sum(p.numel() for p in kamig.adapter.parameters())
+
+
 def test_training_learns_the_toy_distribution(tmp_path: Path) -> None:
     """Class c uses mostly its own third of the codebook: a trained model must find that out."""
     data, val = split(400, seed=0), split(120, seed=1)

@@ -155,8 +155,11 @@ class OfficialGraphs:
         return graphs
 
 
-def gcn_operator(edge_index: torch.Tensor, weight: torch.Tensor, num_nodes: int) -> torch.Tensor:
-    """torch_geometric's ``GCNConv`` propagation as a sparse (V, V) matrix A: ``conv(x) = A @ (x W^T) + b``.
+def gcn_operator(
+    edge_index: torch.Tensor, weight: torch.Tensor, num_nodes: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """torch_geometric's ``GCNConv`` propagation as a (V, V) matrix A, ``conv(x) = A @ (x W^T) + b``,
+    in CSR form ``(crow, col, values)``.
 
     Spec §2.3, step by step (``add_remaining_self_loops``, ``gcn_norm``, source -> target flow):
 
@@ -177,9 +180,10 @@ def gcn_operator(edge_index: torch.Tensor, weight: torch.Tensor, num_nodes: int)
     norm = inv_sqrt[src] * weight * inv_sqrt[dst]
     matrix = torch.sparse_coo_tensor(torch.stack([dst, src]), norm, (num_nodes, num_nodes),
                                      check_invariants=True).coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
-        warnings.simplefilter("ignore", UserWarning)
-        return matrix.to_sparse_csr()
+    rows, col = matrix.indices()
+    crow = torch.zeros(num_nodes + 1, dtype=torch.int64)
+    torch.cumsum(torch.bincount(rows, minlength=num_nodes), 0, out=crow[1:])
+    return crow, col.clone(), matrix.values()
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,9 +284,11 @@ class OfficialAdapter(Adapter):
             edge_index, weight = graphs.edges[name]
             self.register_buffer(f"{name}_edge_index", edge_index.to(torch.int64))
             self.register_buffer(f"{name}_edge_weight", weight.to(torch.float32))
-            # GCNConv's normalised operator: derived from the edges, so not saved.
-            self.register_buffer(f"{name}_operator", gcn_operator(edge_index, weight, self.codebook_size),
-                                 persistent=False)
+            # GCNConv's normalised operator: derived from the edges, so not saved. Dense parts, not
+            # a sparse tensor: the EMA copy (deepcopy) cannot copy a sparse CSR buffer.
+            operator = gcn_operator(edge_index, weight, self.codebook_size)
+            for part, value in zip(("crow", "col", "values"), operator, strict=True):
+                self.register_buffer(f"{name}_operator_{part}", value, persistent=False)
             setattr(self, GCN_BRANCHES[name], GraphBranch(dim, fusion.gcn_layers, generator))
         if self.negative:
             if graphs.incompatibility is None:
@@ -309,9 +315,17 @@ class OfficialAdapter(Adapter):
 
     # ---- the graph features -------------------------------------------------------------------
 
+    def operator(self, name: str) -> torch.Tensor:
+        """Graph ``name``'s ``GCNConv`` operator as a sparse CSR matrix."""
+        crow, col, values = (getattr(self, f"{name}_operator_{part}") for part in ("crow", "col", "values"))
+        size = (self.codebook_size, self.codebook_size)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul is all we use
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
     def graph_features(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(V, dim): the sum over the enabled graphs of the GCN branch outputs ``G_g``."""
-        features = [getattr(self, GCN_BRANCHES[name])(getattr(self, f"{name}_operator"), embeddings)
+        features = [getattr(self, GCN_BRANCHES[name])(self.operator(name), embeddings)
                     for name in self.positive]
         return torch.stack(features).sum(dim=0)
 
