@@ -224,7 +224,7 @@ class TrainConfig(Recipe):
     # scratch: train the base model; checkpoint: import train.checkpoint (published AutoNAT
     # weights, model.arch uvit) instead, with no training.
     init: Literal["scratch", "checkpoint"] = "scratch"
-    # A file inside pretrained/, the folder train_base lists as a DVC dependency.
+    # A file inside pretrained/autonat/, the folder train_base lists as a DVC dependency.
     checkpoint: str | None = None
 
 
@@ -241,6 +241,12 @@ class KamigConfig(Recipe):
     # The fine-tunes' own seed (data order, masks, dropout; the base model is `seed`'s), so a
     # sweep over it re-uses one base model, as the paper fine-tunes one pretrained backbone.
     seed: int = Field(0, ge=0)
+    # finetune: finetune@kamig trains; checkpoint: it imports the authors' released KA-MIG model
+    # (kamig.checkpoint, with the three graph files of layout.KAMIG_RELEASE_GRAPHS next to it)
+    # instead. The control and the null always fine-tune: they are this pipeline's additions.
+    init: Literal["finetune", "checkpoint"] = "finetune"
+    # A file inside pretrained/kamig/, the folder only finetune@kamig lists as a DVC dependency.
+    checkpoint: str | None = None
 
 
 GraphName = Literal["cooccurrence", "similarity", "incompatibility"]
@@ -392,13 +398,16 @@ def _check_consistency(cfg: Config) -> None:
     if cfg.train.init == "checkpoint":
         if cfg.model.arch != "uvit":
             raise ConfigError("train.init 'checkpoint' imports AutoNAT weights: set model.arch to 'uvit'")
-        checkpoint = Path(cfg.train.checkpoint or "")
-        folder = layout.PRETRAINED_DIR
-        if checkpoint.parts[:1] != folder.parts or len(checkpoint.parts) < 2 or ".." in checkpoint.parts:
-            raise ConfigError(
-                f"train.checkpoint must name a file inside {folder}/ when train.init is 'checkpoint' (the "
-                f"folder train_base depends on, so a new file re-runs it), got {cfg.train.checkpoint!r}"
-            )
+        _check_inside("train.checkpoint", cfg.train.checkpoint, layout.AUTONAT_DIR, "train_base")
+    if cfg.kamig.init == "checkpoint":
+        if cfg.model.arch != "uvit" or cfg.fusion.adapter != "official":
+            raise ConfigError("kamig.init 'checkpoint' imports the released KA-MIG model (an AutoNAT U-ViT "
+                              "with the official graph layer): set model.arch to 'uvit' and fusion.adapter "
+                              "to 'official'")
+        if set(cfg.fusion.graphs) != {"cooccurrence", "similarity", "incompatibility"}:
+            raise ConfigError("kamig.init 'checkpoint': the released model uses every graph; fusion.graphs "
+                              f"must list all three, got {list(cfg.fusion.graphs)}")
+        _check_inside("kamig.checkpoint", cfg.kamig.checkpoint, layout.KAMIG_RELEASE_DIR, "finetune@kamig")
     strategy = cfg.sample.strategy
     if strategy is not None:
         allowed = {"mask_ratio", "temperature", "choice_temperature", "cfg"}
@@ -423,6 +432,15 @@ def _check_consistency(cfg: Config) -> None:
                 )
             if ratios[-1] != 0.0:
                 raise ConfigError("sample.strategy.mask_ratio must end at 0 (nothing left masked)")
+
+
+def _check_inside(key: str, value: str | None, folder: Path, stage: str) -> None:
+    """``value`` must name a file inside ``folder``, the folder ``stage`` depends on in dvc.yaml."""
+    path = Path(value or "")
+    if path.parts[: len(folder.parts)] != folder.parts or len(path.parts) <= len(folder.parts) \
+            or ".." in path.parts:
+        raise ConfigError(f"{key} must name a file inside {folder}/ (the folder {stage} depends on, so a "
+                          f"new file re-runs it), got {value!r}")
 
 
 # What the official code fixes (KA configs/GraphNAT_L.yaml, libs/graph_layer.py): in official mode

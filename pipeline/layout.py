@@ -47,8 +47,18 @@ MODELS_DIR = Path("models")
 TOKENIZER_DIR = MODELS_DIR / "tokenizer"
 CLASSIFIER_DIR = MODELS_DIR / "classifier"
 CHECKPOINTS_DIR = Path("checkpoints")
-# Published weights a run imports (train.checkpoint); git-ignored, a DVC dependency of train_base.
+# Published weights a run imports; git-ignored. Each folder is a DVC dependency of the one stage
+# that reads it, so adding a file re-runs only that stage.
 PRETRAINED_DIR = Path("pretrained")
+AUTONAT_DIR = PRETRAINED_DIR / "autonat"  # train.checkpoint: AutoNAT's nnet_ema.pth (train_base)
+KAMIG_RELEASE_DIR = PRETRAINED_DIR / "kamig"  # kamig.checkpoint and its graph files (finetune@kamig)
+# The released graph files' published names (GuotaoLiang/KA-MIG graph_prior/, spec §2.2), expected
+# next to kamig.checkpoint; in the order of pipeline.model.kamig.ReleasedFiles.
+KAMIG_RELEASE_GRAPHS = {
+    "cooccurrence": "codebook_co_occurrence_norm_self_50.pkl",
+    "similarity": "codebook_replace_graph_norm_self.pkl",
+    "incompatibility": "class_pos_norm_mat_cat.pkl",
+}
 
 METRICS_DIR = Path("metrics")
 PLOTS_DIR = METRICS_DIR / "plots"

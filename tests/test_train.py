@@ -359,11 +359,11 @@ def test_train_base_imports_a_published_backbone_and_finetune_runs_on_it(
     _write_tokens(tmp_path)
     torch.manual_seed(3)
     published = UViT(UViTSpec(codebook_size=V, num_classes=C, seq_len=L, dim=16, depth=2, heads=2))
-    (tmp_path / "pretrained").mkdir()
-    torch.save(published.state_dict(), tmp_path / "pretrained/autonat.pth")
+    (tmp_path / "pretrained/autonat").mkdir(parents=True)
+    torch.save(published.state_dict(), tmp_path / "pretrained/autonat/autonat.pth")
     cfg = config_from_dict({
         "model": {"arch": "uvit", "dim": 16, "depth": 2, "heads": 2},
-        "train": {"init": "checkpoint", "checkpoint": "pretrained/autonat.pth", "batch_size": 8,
+        "train": {"init": "checkpoint", "checkpoint": "pretrained/autonat/autonat.pth", "batch_size": 8,
                   "checkpoint_every": 2, "log_every": 2, "val_images": 16},
         "kamig": {"steps": 3, "warmup_steps": 1, "batch_size": 8, "grad_clip": None, "betas": [0.99, 0.99]},
     })
@@ -382,8 +382,8 @@ def test_train_base_imports_a_published_backbone_and_finetune_runs_on_it(
 
 
 @pytest.mark.parametrize(("train", "message"), [
-    ({"init": "checkpoint", "checkpoint": "pretrained/x.pth"}, "set model.arch to 'uvit'"),
-    ({"init": "checkpoint"}, "inside pretrained/"),
+    ({"init": "checkpoint", "checkpoint": "pretrained/autonat/x.pth"}, "set model.arch to 'uvit'"),
+    ({"init": "checkpoint"}, "inside pretrained/autonat/"),
 ])
 def test_importing_a_checkpoint_needs_the_uvit_and_a_file_in_pretrained(train: dict, message: str) -> None:
     from pipeline.config import ConfigError
@@ -391,7 +391,24 @@ def test_importing_a_checkpoint_needs_the_uvit_and_a_file_in_pretrained(train: d
     model = {"arch": "uvit"} if "checkpoint" not in train else {}
     with pytest.raises(ConfigError, match=message):
         config_from_dict({"model": model, "train": train})
-    for outside in ("weights/x.pth", "pretrained/../x.pth", "pretrained"):
-        with pytest.raises(ConfigError, match="inside pretrained/"):
+    # pretrained/x.pth: inside pretrained/ but not in the folder train_base depends on.
+    for outside in ("weights/x.pth", "pretrained/autonat/../x.pth", "pretrained/autonat", "pretrained/x.pth"):
+        with pytest.raises(ConfigError, match="inside pretrained/autonat/"):
             config_from_dict({"model": {"arch": "uvit"},
                               "train": {"init": "checkpoint", "checkpoint": outside}})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({}, "set model.arch to 'uvit' and fusion.adapter to 'official'"),
+    ({"model": {"arch": "uvit"}, "fusion": {"adapter": "official", "null_negative": "zero",
+                                            "graphs": ["similarity"]}}, "must list all three"),
+    ({"model": {"arch": "uvit"}, "fusion": {"adapter": "official", "null_negative": "zero"},
+      "kamig": {"checkpoint": "pretrained/autonat/x.pth"}}, "kamig.checkpoint must name a file inside "
+                                                            "pretrained/kamig/"),
+])
+def test_importing_the_released_kamig_needs_its_setting(overrides: dict, message: str) -> None:
+    from pipeline.config import ConfigError, merge_overlay
+
+    raw = merge_overlay({"kamig": {"init": "checkpoint", "checkpoint": "pretrained/kamig/m.pth"}}, overrides)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(raw)

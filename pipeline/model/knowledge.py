@@ -57,6 +57,7 @@ from torch import nn
 from pipeline.config import FusionConfig
 from pipeline.graphs.storage import POSITIVE_GRAPHS, KnowledgeGraphData
 from pipeline.model.adapter import Adapter, Inject
+from pipeline.model.ragged import listed_row_sums
 
 log = logging.getLogger(__name__)
 
@@ -271,14 +272,7 @@ class KnowledgeAdapter(Adapter):
         """
         length = self.seq_len
         rows = (classes[:, None] * length + torch.arange(length, device=classes.device)).reshape(-1)
-        start = self.compatible_ptr[rows]
-        count = self.compatible_ptr[rows + 1] - start
-        offsets = torch.cumsum(count, 0) - count
-        # Ragged gather: entry j of row r is compatible_tokens[start[r] + j].
-        within = torch.arange(int(count.sum()), device=rows.device) - torch.repeat_interleave(offsets, count)
-        flat = within + torch.repeat_interleave(start, count)
-        tokens = self.compatible_tokens[flat].to(torch.int64)
-        compatible_sum = F.embedding_bag(tokens, embeddings, offsets, mode="sum")  # (U*L, dim)
+        compatible_sum, count = listed_row_sums(self.compatible_ptr, self.compatible_tokens, rows, embeddings)
         incompatible = (self.codebook_size - count).to(embeddings.dtype)[:, None]
         mean = (embeddings.sum(0) - compatible_sum) / incompatible.clamp_min(1.0)
         mean = torch.where(incompatible > 0, mean, torch.zeros_like(mean))  # no incompatible: no term

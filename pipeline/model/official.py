@@ -46,6 +46,7 @@ from torch import nn
 
 from pipeline.config import FusionConfig
 from pipeline.model.adapter import Adapter, Inject
+from pipeline.model.ragged import listed_row_sums
 
 # The published attribute names of the two GCN branches (spec §2.2), per graph of fusion.graphs.
 GCN_BRANCHES = {"cooccurrence": "co_graph_layer", "similarity": "re_graph_layer"}
@@ -93,13 +94,7 @@ class RowConstantMatrix:
 
     def times(self, table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         """(len(rows), dim): rows ``rows`` of this matrix times ``table`` (V, dim)."""
-        start = self.ptr[rows]
-        count = self.ptr[rows + 1] - start
-        offsets = torch.cumsum(count, 0) - count
-        # Ragged gather: entry j of row r is tokens[start[r] + j].
-        within = torch.arange(int(count.sum()), device=rows.device) - torch.repeat_interleave(offsets, count)
-        listed = self.tokens[within + torch.repeat_interleave(start, count)].long()
-        listed_sum = F.embedding_bag(listed, table, offsets, mode="sum", include_last_offset=False)
+        listed_sum, _ = listed_row_sums(self.ptr, self.tokens, rows, table)
         return self.scale[rows, None] * (table.sum(0) - listed_sum)
 
 

@@ -117,4 +117,7 @@ def save_result(result: TrainResult, variant: str) -> None:
     assert result.token_meta is not None
     save_generator(result.model, layout.model_dir(variant), variant=variant, token_meta=result.token_meta)
     write_json(layout.train_metrics(variant), result.metrics)
+    # An imported model trains nothing, but DVC needs every declared output to exist.
+    for directory in (layout.checkpoint_dir(variant), layout.live_dir(variant)):
+        directory.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s", variant, ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.metrics.items())))
