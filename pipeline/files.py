@@ -1,4 +1,4 @@
-"""Atomic output writing: write to a temporary sibling, then rename.
+"""Atomic output writing: write to a temporary sibling, then rename. And :func:`file_digest`.
 
 A stage killed halfway (SIGKILL, full disk) must never leave a half-written output that DVC could
 hash and cache. Every output therefore goes to a temporary name in the same directory (so the
@@ -8,6 +8,7 @@ final ``os.replace`` is an atomic rename on one filesystem) and is renamed only 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -15,6 +16,15 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def file_digest(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed: run fingerprints, and the checksums importers print."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _temp_sibling(path: Path, is_dir: bool) -> Path:

@@ -30,8 +30,9 @@ PACKAGE = "pipeline"
 EXEMPT = {
     # Error classes: they change messages, never an output.
     "pipeline/errors.py": "exception types only",
-    # The atomic-write helpers: temporary name then rename; the bytes written are the caller's.
-    "pipeline/files.py": "atomic writes of bytes produced elsewhere",
+    # The atomic-write helpers: temporary name then rename; the bytes written are the caller's. And
+    # file digests: run fingerprints (which checkpoint a run resumes) and printed checksums.
+    "pipeline/files.py": "atomic writes of bytes produced elsewhere; file digests",
     # The stage runner: loads the config, reports failures, times the stage.
     "pipeline/runtime.py": "error reporting, logging and the writable-output probe",
     # Progress bars and their refresh rate.

@@ -28,12 +28,12 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
+from pipeline.files import file_digest
 from pipeline.model.pickles import (
     TensorUnpickler,
     read_graph_pickle,
     read_incompatibility_pickle,
     read_tensor_pickle,
-    sha256_file,
 )
 
 V, C, L = 8, 3, 4  # codes, classes, positions: tiny stand-ins for 1024, 1000, 256
@@ -309,10 +309,10 @@ def test_unreadable_file_is_refused(tmp_path: Path, kind: str) -> None:
     assert str(path) in str(err.value)
 
 
-def test_sha256_file(tmp_path: Path) -> None:
+def test_file_digest_is_the_sha256(tmp_path: Path) -> None:
     data = os.urandom((1 << 20) * 2 + 12345)  # spans several read blocks
     path = tmp_path / "blob.pkl"
     path.write_bytes(data)
-    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
     path.write_bytes(b"")
-    assert sha256_file(path) == hashlib.sha256(b"").hexdigest()
+    assert file_digest(path) == hashlib.sha256(b"").hexdigest()

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.files import file_digest
 from pipeline.model.autonat import AUTONAT_HEADS, import_autonat, read_torch_state, token_meta_for
 from pipeline.model.io import save_generator
 from pipeline.model.kamig import ReleasedFiles, compare_backbones, import_kamig
-from pipeline.model.pickles import sha256_file
 from pipeline.model.uvit import UViT
 
 
@@ -63,10 +63,10 @@ def _import_kamig(args: argparse.Namespace) -> UViT:
     files = ReleasedFiles(*(Path(p) for p in (args.checkpoint, args.cooccurrence, args.similarity,
                                               args.incompatibility)))
     for path in (files.checkpoint, files.cooccurrence, files.similarity, files.incompatibility):
-        print(f"sha256 {sha256_file(path)}  {path}")
+        print(f"sha256 {file_digest(path)}  {path}")
     model = import_kamig(files, heads=args.heads)
     if args.base:
-        print(f"sha256 {sha256_file(args.base)}  {args.base}")
+        print(f"sha256 {file_digest(args.base)}  {args.base}")
         differ = compare_backbones(model, read_torch_state(args.base))
         listed = ", ".join(differ[:8])
         verdict = f"differs in {len(differ)} tensors ({listed}) from" if differ else "equals"

@@ -19,7 +19,6 @@ adapter expects, so a wrong or corrupted file stops here and not deep inside tra
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from collections import OrderedDict
@@ -30,15 +29,6 @@ from typing import Any, BinaryIO
 import torch
 
 from pipeline.errors import PipelineError
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed: graph files are up to a few GB and are pinned by digest."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _storage_from_bytes(path: Path) -> Callable[[bytes], torch.storage.TypedStorage]:

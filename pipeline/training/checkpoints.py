@@ -9,7 +9,6 @@ directory made for other params or inputs is cleared rather than resumed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -98,14 +97,6 @@ def _remove(path: Path) -> None:
     else:
         path.unlink()
 
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, streamed (used to fingerprint the inputs a checkpoint was made from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Checkpointer:

@@ -28,6 +28,7 @@ import numpy as np
 from pipeline import layout
 from pipeline.config import Config, FusionConfig, Recipe, TrainConfig, replace
 from pipeline.errors import PipelineError
+from pipeline.files import file_digest
 from pipeline.graphs.storage import (
     GRAPH_FILES,
     POSITIVE_GRAPHS,
@@ -41,12 +42,10 @@ from pipeline.model.io import WEIGHTS_FILE
 from pipeline.model.kamig import ReleasedFiles, import_kamig
 from pipeline.model.knowledge import KnowledgeGraphs
 from pipeline.model.official import OfficialGraphs
-from pipeline.model.transformer import count_parameters
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta
-from pipeline.training.checkpoints import file_digest
-from pipeline.training.loop import TrainResult, TrainRun, evaluate_masked, train_generator
-from pipeline.training.runs import TokenData, load_token_splits, resume_key, split_digest
+from pipeline.training.loop import TrainResult, TrainRun, train_generator
+from pipeline.training.runs import TokenData, imported_result, load_token_splits, resume_key, split_digest
 
 FINETUNE_STREAM = "finetune"  # every fine-tune shares it: the same data order and masks
 # The permuted (null) variant's one fixed relabelling of the vocabulary: a constant, not a param.
@@ -140,24 +139,7 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
 def import_release(cfg: Config, data: TokenData) -> TrainResult:
     """``models/kamig`` from the authors' released model (``kamig.init: checkpoint``): no training, a
     check that it fits the tokens, and the same masked validation as a fine-tuned model."""
-    from accelerate import PartialState
-
     checkpoint = Path(cfg.kamig.checkpoint)
     graphs = (checkpoint.parent / name for name in layout.KAMIG_RELEASE_GRAPHS.values())  # published names
     model = import_kamig(ReleasedFiles(checkpoint, *graphs), heads=cfg.model.heads)
-    meta = data.meta
-    found = (model.codebook_size, model.num_classes, model.seq_len)
-    if found != (meta.codebook_size, meta.num_classes, meta.seq_len):
-        raise PipelineError(
-            f"{checkpoint} has (codebook, classes, positions) {found}, but data/tokens has "
-            f"{(meta.codebook_size, meta.num_classes, meta.seq_len)}: the weights belong to other tokens"
-        )
-    state = PartialState()
-    metrics: dict[str, float] = {"params": count_parameters(model),
-                                 "adapter_params": count_parameters(model.adapter), "trainable_params": 0}
-    if state.is_main_process:
-        recipe = finetune_recipe(cfg)
-        metrics.update(evaluate_masked(model.to(state.device), data.val, recipe, cfg.kamig.seed, state.device,
-                                       batch_size=max(1, min(recipe.batch_size, 500))))
-    return TrainResult(model=model.cpu().eval(), metrics=metrics, is_main_process=state.is_main_process,
-                       token_meta=meta)
+    return imported_result(model, checkpoint, data, finetune_recipe(cfg), cfg.kamig.seed)

@@ -26,12 +26,12 @@ import torch
 from pipeline import layout
 from pipeline.config import Config, TrainConfig
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
+from pipeline.files import file_digest, write_json
 from pipeline.model.io import build_backbone, save_generator, spec_from_config
-from pipeline.model.transformer import count_parameters
+from pipeline.model.transformer import MaskGIT, count_parameters
+from pipeline.model.uvit import UViT
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta, TokenSplit, list_shards, load_split, read_meta
-from pipeline.training.checkpoints import file_digest
 from pipeline.training.loop import TrainResult, TrainRun, evaluate_masked, train_generator
 
 log = logging.getLogger(__name__)
@@ -89,25 +89,32 @@ def train_base(cfg: Config) -> TrainResult:
 def import_base(cfg: Config, data: TokenData) -> TrainResult:
     """The base model from published weights (``train.init: checkpoint``): no training, a check
     that they fit the tokens, and the same masked validation as a trained base."""
-    from accelerate import PartialState
-
     from pipeline.model.autonat import import_autonat
 
     model = import_autonat(cfg.train.checkpoint, heads=cfg.model.heads)
+    return imported_result(model, cfg.train.checkpoint, data, cfg.train, cfg.seed)
+
+
+def imported_result(model: MaskGIT | UViT, source: str | Path, data: TokenData, recipe: TrainConfig,
+                    seed: int) -> TrainResult:
+    """An imported model as a run's result: a check that it fits the tokens, and the same masked
+    validation (``recipe``'s val images, ``seed``'s masks) as a trained one."""
+    from accelerate import PartialState
+
     meta = data.meta
     found = (model.codebook_size, model.num_classes, model.seq_len)
     if found != (meta.codebook_size, meta.num_classes, meta.seq_len):
         raise PipelineError(
-            f"{cfg.train.checkpoint} has (codebook, classes, positions) {found}, but data/tokens has "
+            f"{source} has (codebook, classes, positions) {found}, but data/tokens has "
             f"{(meta.codebook_size, meta.num_classes, meta.seq_len)}: the weights belong to other tokens"
         )
     state = PartialState()
-    metrics: dict[str, float] = {"params": count_parameters(model), "adapter_params": 0,
-                                 "trainable_params": 0}
+    metrics: dict[str, float] = {"params": count_parameters(model),
+                                 "adapter_params": count_parameters(model.adapter), "trainable_params": 0}
     if state.is_main_process:
-        metrics.update(evaluate_masked(model.to(state.device), data.val, cfg.train, cfg.seed, state.device,
-                                       batch_size=max(1, min(cfg.train.batch_size, 500))))
-    log.info("imported the base model from %s (%d parameters)", cfg.train.checkpoint, metrics["params"])
+        metrics.update(evaluate_masked(model.to(state.device), data.val, recipe, seed, state.device,
+                                       batch_size=max(1, min(recipe.batch_size, 500))))
+    log.info("imported %s (%d parameters)", source, metrics["params"])
     return TrainResult(model=model.cpu().eval(), metrics=metrics, is_main_process=state.is_main_process,
                        token_meta=meta)
 
