@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,40 @@ def test_fresh_official_adapter_returns_the_backbone(converted: UViT, release: d
     plain.load_state_dict(backbone)
     with torch.no_grad():
         assert torch.equal(fresh.eval()(*inputs), plain.eval()(*inputs))
+
+
+def test_gcn_equals_torch_geometric() -> None:
+    """Our GCNConv arithmetic against torch_geometric's own layer, the one the official code uses:
+    same state-dict names, same outputs on an asymmetric graph with some self-loops, through the
+    whole three-layer branch (ReLU after each layer, mean of the outputs)."""
+    from torch_geometric.nn import GCNConv as ReferenceConv
+
+    from pipeline.model.official import GraphBranch, gcn_operator
+
+    torch.manual_seed(0)
+    nodes, dim = 40, 16
+    src, dst = torch.randint(0, nodes, (2, 150))
+    keep = src != dst
+    loops = torch.tensor([0, 0, 3, 6, 9, 12, 30])  # most nodes have none; node 0 has two
+    edge_index = torch.stack([torch.cat([src[keep], loops]), torch.cat([dst[keep], loops])])
+    weight = (0.05 + torch.rand(edge_index.shape[1])).double()  # the similarity file's float64
+    ours = GraphBranch(dim, 3, None)
+    theirs = [ReferenceConv(dim, dim) for _ in range(3)]
+    for conv, reference in zip(ours.children(), theirs, strict=True):
+        assert list(reference.state_dict()) == list(conv.state_dict()) == ["bias", "lin.weight"]
+        torch.nn.init.normal_(reference.bias, 0, 0.1)
+        conv.load_state_dict(reference.state_dict())
+    x = torch.randn(nodes, dim)
+    crow, col, values = gcn_operator(edge_index, weight, nodes)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        operator = torch.sparse_csr_tensor(crow, col, values, (nodes, nodes), check_invariants=True)
+    outputs, h = [], x
+    for reference in theirs:
+        h = torch.relu(reference(h, edge_index, weight.float()))  # type_as(x), as the official code
+        outputs.append(h)
+    with torch.no_grad():
+        assert torch.allclose(ours(operator, x), torch.stack(outputs).mean(0), atol=1e-6)
 
 
 def test_incompatibility_is_held_without_the_dense_tensor(release: dict) -> None:

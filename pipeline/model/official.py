@@ -158,18 +158,22 @@ def gcn_operator(
 
     Spec §2.3, step by step (``add_remaining_self_loops``, ``gcn_norm``, source -> target flow):
 
-    1. every node without an (n, n) edge gets one of weight 1; existing self-loop weights are kept;
+    1. every node without an (n, n) edge gets one of weight 1; existing self-loop weights are kept
+       (one loop per node: a repeated loop keeps its last weight, as torch_geometric's index assignment);
     2. ``deg[n]`` is the weighted in-degree: the sum of the weights of the edges into n;
     3. ``norm_e = deg[src]^-1/2 * w_e * deg[dst]^-1/2`` (a zero degree contributes 0);
     4. node ``dst`` sums ``norm_e`` times the features of ``src``: ``A[dst, src] += norm_e``.
     """
     src, dst = edge_index[0].long(), edge_index[1].long()
     weight = weight.to(torch.float32)
-    looped = torch.zeros(num_nodes, dtype=torch.bool)
-    looped[src[src == dst]] = True
-    missing = torch.nonzero(~looped)[:, 0]
-    src, dst = torch.cat([src, missing]), torch.cat([dst, missing])
-    weight = torch.cat([weight, torch.ones(len(missing))])
+    # Step 1 as torch_geometric does it: the self-loops leave the list, and every node gets one back,
+    # weighing what its own loop weighed (the last one, if a file repeats it) or 1.
+    loop = src == dst
+    loop_weight = torch.ones(num_nodes)
+    loop_weight[src[loop]] = weight[loop]
+    nodes = torch.arange(num_nodes)
+    src, dst = torch.cat([src[~loop], nodes]), torch.cat([dst[~loop], nodes])
+    weight = torch.cat([weight[~loop], loop_weight])
     degree = torch.zeros(num_nodes).index_add_(0, dst, weight)
     inv_sqrt = degree.pow(-0.5).masked_fill(degree == 0, 0.0)
     norm = inv_sqrt[src] * weight * inv_sqrt[dst]
