@@ -84,6 +84,20 @@ def test_ema_update_follows_the_warmed_up_decay() -> None:
     torch.testing.assert_close(module.w.detach(), ema.shadow["w"])
 
 
+def test_ema_without_warmup_uses_the_decay_from_step_0() -> None:
+    """kamig.ema_warmup: constant, the official KA-MIG EMA: after 1500 steps at 0.9999 the average
+    still holds 0.9999^1500 = 86% of the initial weights."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    ema = EMA([("w", param)], decay=0.9999, warmup=False)
+    assert ema.decay_at(0) == 0.9999
+    with torch.no_grad():
+        param.fill_(1.0)
+    for _ in range(1500):
+        ema.update([("w", param)])
+    assert ema.shadow["w"].item() == pytest.approx(1 - 0.9999**1500, rel=1e-4)
+    assert 0.9999**1500 == pytest.approx(0.861, abs=1e-3)
+
+
 def test_learning_rate_warmup_then_cosine_or_constant() -> None:
     s = recipe(steps=100, warmup_steps=10, lr=1.0)
     assert learning_rate(s, 0) == pytest.approx(0.1) and learning_rate(s, 9) == pytest.approx(1.0)
