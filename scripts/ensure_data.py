@@ -3,6 +3,7 @@
 Run by `make repro` and `make test`. For `data.source: fashion-mnist` it checks the four IDX files
 in `data.fashion_mnist_dir`; when they are missing and this is root on a machine with apt, it
 installs the `dataset-fashion-mnist` package, and otherwise prints exactly where to put the files.
+`--apt PACKAGE` installs another Debian package the same way (`make browser`: chromium).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def missing_files(directory: Path) -> list[Path]:
     return [directory / name for name in names if not (directory / name).is_file()]
 
 
-def apt_install() -> bool:
+def apt_install(package: str = DEBIAN_PACKAGE) -> bool:
+    """Install a Debian package when this is root on a machine with apt; False otherwise."""
     if os.name != "posix" or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return False
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", DEBIAN_PACKAGE]
-    print(f"Fashion-MNIST missing: installing Debian's {DEBIAN_PACKAGE} ...", flush=True)
+    install = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    print(f"installing Debian's {package} ...", flush=True)
     if subprocess.run(install, env=env).returncode == 0:
         return True
     # A fresh machine may have empty package lists.
@@ -38,7 +40,9 @@ def apt_install() -> bool:
     return subprocess.run(install, env=env).returncode == 0
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["--apt"] and len(argv) == 2:  # another package the tests use (make browser)
+        return 0 if apt_install(argv[1]) else 1
     params = Path("params.yaml")
     try:
         cfg = load_config(params)
@@ -59,4 +63,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -263,3 +263,14 @@ def test_sampled_tokens_follow_the_tempered_model_distribution():
         frequencies = torch.bincount(out[:, 0], minlength=4).double() / len(out)
         expected = torch.softmax(logits.double() / temperature, 0)
         torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [
+    # floor(256 * gamma(k / 8)), worked out by hand: cos(pi/16) = 0.98079 -> 251.08 -> 251, ...
+    ("cosine", [251, 236, 212, 181, 142, 97, 49, 0]),  # MaskGIT's T8 at 16 x 16 tokens
+    # acos(k / 8) / (pi / 2): 0.92022, 0.83914, 0.75529, 0.66667, 0.57020, 0.46011, 0.32172
+    ("arccos", [235, 214, 193, 170, 145, 117, 82, 0]),
+    ("linear", [224, 192, 160, 128, 96, 64, 32, 0]),
+])
+def test_masked_counts_are_the_hand_computed_ones(schedule: str, expected: list[int]) -> None:
+    assert masked_counts(schedule, 8, 256) == expected
