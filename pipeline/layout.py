@@ -6,8 +6,8 @@ Every path is relative to the DVC project root, where ``dvc repro`` runs the sta
 Generator variants:
 
 * ``base``: MaskGIT trained from scratch (``train_base``);
-* ``control``: base + the adapter, fine-tuned with ``fusion.weight`` forced to 0: a head-only
-  fine-tune, since the adapter then gets no gradient;
+* ``control``: the base model alone, fine-tuned with the ``kamig`` recipe: a head-only fine-tune,
+  with no adapter, so it depends on no ``fusion.*`` param and no graph;
 * ``permuted``: the null control. Exactly ``kamig``'s adapter, recipe and weight, on graphs whose
   knowledge is destroyed and statistics kept (one fixed permutation of the vocabulary);
   ``permuted - control`` is the effect of the adapter's capacity;

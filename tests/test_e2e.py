@@ -101,6 +101,17 @@ def test_fusion_weight_experiment_reruns_only_the_branches_that_read_it(repo):
     assert all(isinstance(row["kamig fid"], float) for row in rows)
 
 
+def test_graph_ablation_reuses_the_control(repo):
+    """The head-only control reads no fusion param and no graph: a graph ablation re-runs only
+    KA-MIG and its null control, and the control's stages stay cached."""
+    path, _ = repo
+    result = run(["dvc", "exp", "run", "-S", "fusion.graphs=[similarity]", "-S", "fusion.weight=1.0"], path)
+    ran = stages_run(result.stdout)
+    assert ran == {f"{stage}@{variant}" for stage in ("finetune", "sample", "evaluate")
+                   for variant in ("kamig", "permuted")}, ran
+    assert "finetune@control" not in ran and "sample@control" not in ran
+
+
 def test_a_queued_grid_runs(repo):
     path, _ = repo
     run(["dvc", "exp", "run", "--queue", "-S", "fusion.weight=0,0.25"], path)

@@ -1,10 +1,10 @@
 """The fine-tunes of the DAG: ``finetune@{control,permuted,kamig}``, from params to a trained model.
 
-Each starts from the base model's EMA weights, adds the knowledge adapter that ``fusion.adapter``
-names over the graphs, and trains with the ``kamig.*`` recipe. The three train the same parameters
-on the same data order:
+Each starts from the base model's EMA weights and trains with the ``kamig.*`` recipe on the same
+data order, the same output head and, but for the control, the same adapter (``fusion.adapter``):
 
-* ``control`` forces ``fusion.weight = 0``: a head-only fine-tune, since the adapter gets no gradient;
+* ``control`` is the base model alone, without an adapter: a head-only fine-tune. It reads no
+  ``fusion.*`` param and no graph, so an adapter or graph experiment re-uses it;
 * ``permuted`` uses the graphs relabelled by one fixed permutation of the vocabulary
   (:func:`pipeline.graphs.storage.permuted`): the adapter's capacity without its knowledge;
 * ``kamig`` uses the graphs.
@@ -42,6 +42,8 @@ from pipeline.model.io import WEIGHTS_FILE
 from pipeline.model.kamig import ReleasedFiles, import_kamig
 from pipeline.model.knowledge import KnowledgeGraphs
 from pipeline.model.official import OfficialGraphs
+from pipeline.model.transformer import MaskGIT
+from pipeline.model.uvit import UViT
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta
 from pipeline.training.loop import TrainResult, TrainRun, train_generator
@@ -95,23 +97,17 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
     if variant not in layout.FINETUNE_VARIANTS:
         raise PipelineError(f"unknown fine-tuning variant {variant!r}; "
                             f"choose one of {list(layout.FINETUNE_VARIANTS)}")
-    fusion = replace(cfg.fusion, weight=0.0) if variant == layout.CONTROL else cfg.fusion
     data = load_token_splits(cfg.train.val_images)
     meta = data.meta
     if variant == layout.KAMIG and cfg.kamig.init == "checkpoint":
         return import_release(cfg, data)
     base_dir = layout.model_dir(layout.BASE)
-    base = load_generator(base_dir, expected_meta=meta)
-    graphs = load_graph_data(fusion, meta)
-    if variant == layout.PERMUTED:
-        relabelling = np.random.default_rng(NULL_PERMUTATION_SEED).permutation(meta.codebook_size)
-        graphs = permuted(graphs, relabelling)
-    # The official adapter's GCN weights are drawn; the same for every variant of one kamig.seed.
-    model = build_generator(base.spec, fusion, adapter_graphs(fusion, graphs),
-                            seed=derive_seed(cfg.kamig.seed, "adapter", "init"))
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    if unexpected or any(not name.startswith("adapter.") for name in missing):
-        raise PipelineError(f"{base_dir} does not fit the fine-tuning model: {missing} {unexpected}")
+    model = load_generator(base_dir, expected_meta=meta)
+    adapter: dict[str, object] = {}  # what the run depends on besides the base model and tokens
+    if variant != layout.CONTROL:  # the control is the base model alone: a head-only fine-tune
+        model = with_adapter(model, cfg, variant, meta)
+        adapter = {"adapter": cfg.fusion.to_dict(),
+                   "graphs": {name: file_digest(path) for name, path in graph_files(cfg.fusion).items()}}
 
     names = [name for name, _ in model.named_parameters()]
     if cfg.kamig.freeze_backbone:  # the paper: the adapter and the output head's own layers
@@ -125,15 +121,30 @@ def finetune(cfg: Config, variant: str) -> TrainResult:
         fingerprint={
             "stage": f"finetune@{variant}",
             "settings": resume_key(recipe, cfg.kamig.seed, FINETUNE_STREAM),
-            "adapter": fusion.to_dict(),
             "trainable": trainable,
             "tokens": asdict(meta),
             "train_shards": split_digest(layout.TOKENS_DIR / "train"),
             "base_weights": file_digest(base_dir / WEIGHTS_FILE),
-            "graphs": {name: file_digest(path) for name, path in graph_files(fusion).items()},
+            **adapter,
         },
     )
     return dataclasses.replace(train_generator(model, run, data.train, data.val), token_meta=meta)
+
+
+def with_adapter(base: MaskGIT | UViT, cfg: Config, variant: str, meta: TokenMeta) -> MaskGIT | UViT:
+    """``base`` plus the zero-initialised adapter ``fusion.adapter`` names, over the graphs
+    (``permuted``: relabelled by :data:`NULL_PERMUTATION_SEED`)."""
+    graphs = load_graph_data(cfg.fusion, meta)
+    if variant == layout.PERMUTED:
+        relabelling = np.random.default_rng(NULL_PERMUTATION_SEED).permutation(meta.codebook_size)
+        graphs = permuted(graphs, relabelling)
+    # The official adapter's GCN weights are drawn: the same for both variants of one kamig.seed.
+    model = build_generator(base.spec, cfg.fusion, adapter_graphs(cfg.fusion, graphs),
+                            seed=derive_seed(cfg.kamig.seed, "adapter", "init"))
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    if unexpected or any(not name.startswith("adapter.") for name in missing):
+        raise PipelineError(f"the base model does not fit the fine-tuning model: {missing} {unexpected}")
+    return model
 
 
 def import_release(cfg: Config, data: TokenData) -> TrainResult:
