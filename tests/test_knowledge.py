@@ -146,13 +146,8 @@ def test_negative_term_is_the_mean_of_projected_incompatible_embeddings(
     adapter = kamig.adapter
 
     # Dense reference from the raw counts file: class rows, then the class-marginal null row.
-    table = pq.read_table(graph_dir / "position_token_counts.parquet").to_pydict()
-    counts = np.zeros((C + 1, L, V), dtype=np.int64)
-    np.add.at(counts, (table["label"], table["position"], table["token"]), table["count"])
-    counts[C] = counts[:C].sum(0)
-    incompatible = torch.from_numpy(counts < min_count).float()
     emb = kamig.token_embeddings.detach()
-    expected_p = (incompatible @ (emb @ adapter.negative_embed.detach())) / incompatible.sum(-1, keepdim=True)
+    expected_p = dense_incompatible_mean(graph_dir, min_count) @ (emb @ adapter.negative_embed.detach())
 
     tokens, labels = batch(p_mask=0.5)
     inject = adapter(tokens, labels, kamig.token_embeddings)
@@ -161,6 +156,52 @@ def test_negative_term_is_the_mean_of_projected_incompatible_embeddings(
         expected = -(expected_p[labels] @ adapter.projections["incompatibility"][layer].detach())
         if negative_at == "masked":
             expected = expected * masked
+        got = inject(layer)
+        assert torch.all(got[:, 0] == 0)
+        torch.testing.assert_close(got[:, 1:], expected, rtol=1e-4, atol=1e-5)
+
+
+def dense_incompatible_mean(graph_dir: Path, min_count: int) -> torch.Tensor:
+    """(C + 1, L, V) rows averaging over the incompatible tokens, from the raw counts file; the
+    null class (last) uses the class-marginal counts."""
+    table = pq.read_table(graph_dir / "position_token_counts.parquet").to_pydict()
+    counts = np.zeros((C + 1, L, V), dtype=np.int64)
+    np.add.at(counts, (table["label"], table["position"], table["token"]), table["count"])
+    counts[C] = counts[:C].sum(0)
+    incompatible = torch.from_numpy(counts < min_count).float()
+    return incompatible / incompatible.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def test_injected_signal_equals_a_dense_reference(graph_dir: Path) -> None:
+    """The whole signal before each block, recomputed densely from the weights and the graph
+    buffers: ``w (sum_g mean_k GCN_k(E)[t] Z_l^g at visible t  -  P[c, i] Z_l^neg)``, with E the
+    first V rows of the token table."""
+    _, kamig = make_models(graph_dir, FusionConfig(weight=0.7))
+    randomise_adapter(kamig)
+    adapter = kamig.adapter
+    emb = kamig.tok_emb.weight.detach()[:V]  # the table itself, not the model's accessor
+
+    def dense_gcn(name: str) -> torch.Tensor:
+        crow, col, weight = (getattr(adapter, f"{name}_{part}") for part in ("crow", "col", "weight"))
+        adjacency = torch.zeros(V, V)
+        adjacency[torch.repeat_interleave(torch.arange(V), crow[1:] - crow[:-1]), col] = weight
+        h, outputs = emb, []
+        layers = adapter.gcn[name].weights
+        for k, weight_k in enumerate(layers):
+            h = adjacency @ (h @ weight_k.detach())
+            h = torch.nn.functional.gelu(h) if k < len(layers) - 1 else h
+            outputs.append(h)
+        return torch.stack(outputs).mean(0)
+
+    features = {name: dense_gcn(name) for name in ("cooccurrence", "similarity")}
+    negative = dense_incompatible_mean(graph_dir, 1) @ (emb @ adapter.negative_embed.detach())
+    tokens, labels = batch(p_mask=0.4)
+    visible = (tokens != V).float()[..., None]
+    inject = adapter(tokens, labels, kamig.token_embeddings)
+    for layer in range(kamig.spec.depth):
+        projections = {name: param[layer].detach() for name, param in adapter.projections.items()}
+        positive = sum(features[g][tokens.clamp(max=V - 1)] @ projections[g] for g in features) * visible
+        expected = 0.7 * (positive - negative[labels] @ projections["incompatibility"])
         got = inject(layer)
         assert torch.all(got[:, 0] == 0)
         torch.testing.assert_close(got[:, 1:], expected, rtol=1e-4, atol=1e-5)
