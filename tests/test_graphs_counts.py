@@ -243,3 +243,25 @@ def test_subsample_mask_is_the_strided_definition(total, n):
     parts = np.concatenate([subsample_mask(0, cut, total, n), subsample_mask(cut, total - cut, total, n)])
     assert np.array_equal(parts, expected)
     assert expected.sum() == used
+
+
+def test_graph_metrics_of_a_hand_built_graph() -> None:
+    """Worked out by hand: a triangle 0-1-2 (0 <-> 1 kept both ways), an edge 3-4, a node 5 with
+    only a self-loop and an isolated node 6, over 7 nodes."""
+    from pipeline.graphs.stats import graph_metrics
+
+    src, dst = np.array([0, 1, 1, 2, 3, 5]), np.array([1, 0, 2, 0, 4, 5])
+    metrics = graph_metrics(src, dst, 7)
+    assert metrics == {
+        "nodes": 7,
+        "edges": 5,  # directed rows, the self-loop excluded
+        "undirected_edges": 4,  # 0-1, 1-2, 0-2, 3-4
+        "reciprocal_fraction": pytest.approx(2 / 5),  # 0 -> 1 and 1 -> 0
+        "isolated": 2,  # 5 (a self-loop is no neighbour) and 6
+        "mean_degree": pytest.approx(8 / 7),  # degrees 2, 2, 2, 1, 1, 0, 0
+        "max_degree": 2,
+        "max_in_degree": 2,  # node 0, from 1 and 2
+        "connected_components": 4,  # {0, 1, 2}, {3, 4}, {5}, {6}
+        "largest_component_fraction": pytest.approx(3 / 7),
+        "average_clustering": pytest.approx(3 / 7),  # 1 for each triangle node, 0 elsewhere
+    }
