@@ -266,3 +266,45 @@ def test_fid_subsets_are_nested_prefixes_and_show_the_small_sample_bias():
     # FID's bias falls roughly like 1/n: each subset scores worse than the larger ones.
     assert subsets["1000"] > subsets["2000"] > subsets["5000"] > full
     assert fid_subsets(features[:1500], reference).keys() == {"1000"}
+
+
+def test_score_equals_library_recomputations() -> None:
+    """Every number of an eval file recomputed independently on the same features: FID with
+    scipy's ``sqrtm`` and ``np.cov`` (pytorch-fid's formula), the subsets as nested prefixes of
+    one permutation, precision and recall by brute force, accuracy from the logits."""
+    from pipeline.metrics import SUBSET_SEED, Reference
+    from pipeline.metrics.fid import feature_stats
+
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(600, 6))
+    generated = rng.normal(loc=0.3, scale=1.2, size=(2400, 6))
+    logits = rng.normal(size=(2400, 4))
+    labels = rng.integers(0, 4, 2400)
+    reference = Reference(real.astype(np.float32), feature_stats(real.astype(np.float32)))
+    result = score(FeatureSet(generated.astype(np.float32), logits, labels), reference, pr_k=3)
+
+    def fid(a: np.ndarray, b: np.ndarray) -> float:
+        mu1, mu2 = a.mean(0), b.mean(0)
+        s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+        root = scipy.linalg.sqrtm(s1 @ s2).real
+        return float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+
+    gen32, real32 = (x.astype(np.float32).astype(np.float64) for x in (generated, real))  # as scored
+    assert result["fid"] == pytest.approx(fid(gen32, real32), rel=1e-6)
+    order = np.random.default_rng(SUBSET_SEED).permutation(2400)
+    assert set(result["fid_subsets"]) == {"1000", "2000"}  # below n only
+    for n in (1000, 2000):
+        assert result["fid_subsets"][str(n)] == pytest.approx(fid(gen32[order[:n]], real32), rel=1e-6)
+
+    def radii(points: np.ndarray) -> np.ndarray:
+        distances = np.sqrt(((points[:, None] - points[None]) ** 2).sum(-1))
+        return np.sort(distances, axis=1)[:, 3]  # index 0 is the point itself: the 3rd neighbour
+
+    def covered(queries: np.ndarray, support: np.ndarray) -> float:
+        distances = np.sqrt(((queries[:, None] - support[None]) ** 2).sum(-1))
+        return float((distances <= radii(support)[None]).any(1).mean())
+
+    assert result["precision"] == pytest.approx(covered(gen32, real32), abs=1e-9)
+    assert result["recall"] == pytest.approx(covered(real32, gen32), abs=1e-9)
+    assert result["class_accuracy"] == pytest.approx(float((logits.argmax(1) == labels).mean()))
+    assert result["n_samples"] == 2400 and result["fid_small_sample"] is True
