@@ -342,10 +342,10 @@ def _second_base_line(knowledge: Estimate, second: Sequence[Record]) -> str:
     if math.isnan(low):
         return line
     if low > 0 or high < 0:
-        return (line + f" The two base models differ by {gap:+.2f} FID (Welch 95% CI {low:+.2f} to "
-                f"{high:+.2f}): the knowledge effect is not the same on both backbones.")
-    return (line + f" The two base models' effects agree within their uncertainty (difference {gap:+.2f}, "
-            f"Welch 95% CI {low:+.2f} to {high:+.2f}).")
+        return (line + f" The two base models differ: `seed` 0's effect − `seed` 1's = {gap:+.2f} FID (Welch "
+                f"95% CI {low:+.2f} to {high:+.2f}): the knowledge effect is not the same on both backbones.")
+    return (line + " The two base models' effects agree within their uncertainty (`seed` 0's effect − "
+            f"`seed` 1's = {gap:+.2f}, Welch 95% CI {low:+.2f} to {high:+.2f}).")
 
 
 def _conclusion(main: Sequence[Record], second: Sequence[Record] = ()) -> list[str]:

@@ -134,3 +134,37 @@ def test_report_shows_the_measured_sampling_noise_when_given():
     assert "models of experiment `b0-f9` held fixed, 10,000 samples per variant" in text
     assert "| kamig | 1,000 | 20 | 50.10 | 1.84 | 2.01 |" in text
     assert "| kamig − permuted | 10,000 | 2 | -0.40 | – | – |" in text
+
+
+def test_rendered_contrast_rows_equal_a_scipy_recomputation():
+    """Each contrast row's mean, CI, percentage (of the subtrahend's mean FID), CI half-width and
+    MDE, as printed, against scipy's paired t-test and the closed-form MDE on the same records."""
+    rng = np.random.default_rng(0)
+    fids = {name: 45.0 + rng.normal(0, 1.0, 5) for name in ("base", "control", "permuted", "kamig")}
+    records = [_record(ft, {name: float(v[ft]) for name, v in fids.items()}) for ft in range(5)]
+    lines = render_report(records).splitlines()
+    contrasts = (("knowledge", "kamig", "permuted"), ("capacity", "permuted", "control"),
+                 ("the paper's", "kamig", "base"))
+    for label, minuend, subtrahend in contrasts:
+        row = next(line for line in lines if line.startswith(f"| {label}: {minuend} − {subtrahend} |"))
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        test = scipy.stats.ttest_rel(fids[minuend], fids[subtrahend])
+        interval = test.confidence_interval(0.95)
+        diff = fids[minuend] - fids[subtrahend]
+        reference = fids[subtrahend].mean()
+        mde = (scipy.stats.t.ppf(0.975, 4) + scipy.stats.t.ppf(0.8, 4)) * diff.std(ddof=1) / math.sqrt(5)
+        assert cells[1] == f"{diff.mean():+.2f}"
+        assert cells[2] == f"{interval.low:+.2f} to {interval.high:+.2f}"
+        assert cells[3] == f"{diff.mean() / reference:+.1%}"
+        assert cells[4] == f"±{(interval.high - interval.low) / 2 / reference:.1%}"
+        assert cells[5] == f"{mde / reference:.1%}"
+        assert cells[6] == f"{int((diff < 0).sum())} of 5"
+
+
+def test_the_welch_line_says_which_base_is_subtracted():
+    base0 = [_record(ft, {"permuted": 45.0 + ft, "kamig": 44.0 + ft + e})
+             for ft, e in enumerate([0.1, -0.1, 0.0])]
+    base1 = [_record(ft, {"permuted": 46.0 + ft, "kamig": 46.0 + ft + e}, base=1)
+             for ft, e in enumerate([0.1, -0.1, 0.05])]
+    gap = -1.0 - (0.05 / 3)
+    assert f"`seed` 0's effect − `seed` 1's = {gap:+.2f}" in render_report(base0 + base1)
