@@ -34,7 +34,7 @@ from pipeline.errors import DataSourceError, PipelineError
 from pipeline.files import atomic_dir
 from pipeline.images import grid_classes, grid_selection, quantize, render_grid
 from pipeline.progress import progress_bar
-from pipeline.sampling.decode import decode_plan, maskgit_decode
+from pipeline.sampling.decode import LogitsFn, decode_plan, maskgit_decode
 from pipeline.shards import ShardWriter, TokenMeta, write_meta
 
 if TYPE_CHECKING:
@@ -82,14 +82,34 @@ def generate_samples(
     batches: range | None = None,
     desc: str = "sampling",
 ) -> Samples:
-    """``sample_cfg.per_class`` samples per class, decoded in batches of ``sample_cfg.batch_size``.
+    """``sample_cfg.per_class`` samples per class (class-major), as :func:`generate_tokens` draws them."""
+    labels = class_balanced_labels(num_classes, sample_cfg.per_class)
+    return generate_tokens(logits_fn, labels, seq_len=seq_len, mask_id=mask_id, null_class=null_class,
+                           sample_cfg=sample_cfg, seed=seed, device=device, batches=batches, desc=desc)
 
-    ``batches`` (default: all) restricts the work to those batch indices, one process's share;
-    the result then holds just their rows, in order.
+
+def generate_tokens(
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    labels: torch.Tensor,
+    *,
+    seq_len: int,
+    mask_id: int,
+    null_class: int,
+    sample_cfg: SampleConfig,
+    seed: int,
+    device: str | torch.device = "cpu",
+    batches: range | None = None,
+    desc: str = "sampling",
+) -> Samples:
+    """One sample per entry of ``labels`` (B,), decoded in batches of ``sample_cfg.batch_size``.
+
+    Batch ``b`` (rows ``b * batch_size`` onwards) draws from :func:`batch_generator` (seed, b), so
+    the same labels, settings and seed give the same tokens, here, in the sample stage or in
+    ``python -m pipeline.generate``. ``batches`` (default: all) restricts the work to those batch
+    indices, one process's share; the result then holds just their rows, in order.
     """
     device = torch.device(device)
     plan = decode_plan(sample_cfg, seq_len)
-    labels = class_balanced_labels(num_classes, sample_cfg.per_class)
     size = sample_cfg.batch_size
     if batches is None:
         batches = range(-(-len(labels) // size))
@@ -110,6 +130,27 @@ def generate_samples(
     synchronize()
     return Samples(labels=mine.numpy(), tokens=torch.cat(outputs).numpy().astype(np.int32),
                    seconds=time.perf_counter() - start)
+
+
+def model_logits(model: torch.nn.Module, device: torch.device) -> LogitsFn:
+    """The sampler's ``logits_fn`` for a loaded generator: bf16 autocast on CUDA, float32 elsewhere."""
+
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            return model(tokens, labels)
+
+    return logits_fn
+
+
+def decode_images(tokenizer: torch.nn.Module, tokens: np.ndarray, device: torch.device,
+                  batch_size: int) -> np.ndarray:
+    """uint8 images (N, C, H, W) of token rows, decoded batch by batch."""
+    parts = [np.zeros((0,), dtype=np.uint8)]
+    for first in range(0, len(tokens), batch_size):
+        batch = torch.from_numpy(np.asarray(tokens[first : first + batch_size])).long().to(device)
+        with torch.inference_mode():
+            parts.append(quantize(tokenizer.decode(batch)).cpu().numpy())
+    return np.concatenate(parts[1:]) if len(parts) > 1 else parts[0]
 
 
 def merge_samples(parts: Sequence[Samples]) -> Samples:
@@ -139,14 +180,11 @@ def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialSta
             f"{layout.TOKENIZER_DIR} is not the tokenizer that produced {layout.TOKENS_DIR}: re-run dvc repro"
         )
 
-    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return model(tokens, labels)
-
     batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
     part = generate_samples(
-        logits_fn, num_classes=meta.num_classes, seq_len=meta.seq_len, mask_id=model.mask_id,
-        null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.sample.seed, device=device,
+        model_logits(model, device), num_classes=meta.num_classes, seq_len=meta.seq_len,
+        mask_id=model.mask_id, null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.sample.seed,
+        device=device,
         batches=batches,
         desc="sampling" if state.num_processes == 1 else f"sampling [{state.process_index}]",
     )
@@ -173,9 +211,7 @@ def sample_grid(
     classes = grid_classes(meta.num_classes, sample_cfg.grid_classes)
     columns = min(sample_cfg.grid_columns, sample_cfg.per_class)
     chosen = grid_selection(samples.labels, classes, columns)
-    with torch.inference_mode():
-        decoded = tokenizer.decode(torch.from_numpy(samples.tokens[chosen]).long().to(device))
-    pixels = quantize(decoded).cpu().numpy()
+    pixels = decode_images(tokenizer, samples.tokens[chosen], device, batch_size=max(1, len(chosen)))
     names = class_names_or_ids(meta.num_classes)
     return render_grid(pixels.reshape(len(classes), columns, *pixels.shape[1:]), [names[c] for c in classes])
 
