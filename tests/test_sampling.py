@@ -274,3 +274,26 @@ def test_sampled_tokens_follow_the_tempered_model_distribution():
 ])
 def test_masked_counts_are_the_hand_computed_ones(schedule: str, expected: list[int]) -> None:
     assert masked_counts(schedule, 8, 256) == expected
+
+
+def test_chunked_cpu_logits_are_the_whole_batch_logits() -> None:
+    """The sampler's CPU forward runs in row chunks for the cache; it must give the same bytes as
+    one forward of the whole batch, for a model with an adapter too (its precomputed tables)."""
+    from pipeline.config import FusionConfig
+    from pipeline.model.generators import build_generator
+    from pipeline.sampling.generate import model_logits
+    from tests.helpers import generator_spec
+    from tests.test_autonat import random_graphs
+
+    spec = generator_spec(24, 3, 40, dim=32, depth=2, heads=2)
+    torch.manual_seed(0)
+    model = build_generator(spec, FusionConfig(), random_graphs(24, 3, 40, 0)).eval()
+    with torch.no_grad():
+        for param in model.adapter.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    model.precompute()
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 25, (300, 40), generator=generator)  # 12,000 tokens: three chunks
+    labels = torch.randint(0, 4, (300,), generator=generator)
+    with torch.no_grad():
+        assert torch.equal(model_logits(model, torch.device("cpu"))(tokens, labels), model(tokens, labels))

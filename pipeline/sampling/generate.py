@@ -132,12 +132,25 @@ def generate_tokens(
                    seconds=time.perf_counter() - start)
 
 
+# On a CPU the forward runs over chunks of about this many tokens: a whole sampling batch (500
+# images, twice with CFG: 50,000 tokens) makes every activation ~100 MB, and the memory-bound work
+# (bias, GELU, residual adds, LayerNorm) then waits on RAM. Chunks keep them in cache: the default
+# model's forward runs 1.8x faster with the same bytes out (each row's arithmetic is unchanged;
+# tests/test_sampling.py checks the equality).
+CPU_CHUNK_TOKENS = 5000
+
+
 def model_logits(model: torch.nn.Module, device: torch.device) -> LogitsFn:
-    """The sampler's ``logits_fn`` for a loaded generator: bf16 autocast on CUDA, float32 elsewhere."""
+    """The sampler's ``logits_fn`` for a loaded generator: bf16 autocast on CUDA, float32 elsewhere,
+    in row chunks of about :data:`CPU_CHUNK_TOKENS` tokens on a CPU."""
+    rows = max(1, CPU_CHUNK_TOKENS // model.seq_len) if device.type == "cpu" else None
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            return model(tokens, labels)
+            if rows is None or len(tokens) <= rows:
+                return model(tokens, labels)
+            return torch.cat([model(tokens[i : i + rows], labels[i : i + rows])
+                              for i in range(0, len(tokens), rows)])
 
     return logits_fn
 
