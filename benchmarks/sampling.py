@@ -4,7 +4,9 @@ Prints
 1. images/s of ``sample.steps``-step MaskGIT decoding (8 by default) against one-token-per-step
    decoding (``seq_len`` steps) of the same model and batch: the parallel-decoding speedup;
 2. KA-MIG against base sampling time (8 steps, CFG, the inference cache on), as a ratio;
-3. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
+3. the sample stage's batch (500) decoded with the whole batch in one forward against the
+   sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side;
+4. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
    + classifier forward) and statistics (mean/covariance + Fréchet distance), plus precision /
    recall; and the statistics part at Inception's 2048 dims. ``--inception`` also times
    InceptionV3 features (slow on a CPU: a few images/s).
@@ -33,10 +35,12 @@ import torch
 from benchmarks.model import FASHION, IMAGENET, make_models, time_interleaved
 from pipeline.config import SampleConfig
 from pipeline.config import replace as replace_config
-from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier, quantize
+from pipeline.images import quantize
+from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats
 from pipeline.metrics.precision_recall import precision_recall
 from pipeline.sampling import DecodePlan, batch_generator, class_balanced_labels, decode_plan, maskgit_decode
+from pipeline.sampling.generate import model_logits
 
 MODELS = Path("models")
 
@@ -63,11 +67,13 @@ def one_token_per_step(seq_len: int, cfg: float) -> DecodePlan:
 
 
 def decoder(
-    model: torch.nn.Module, labels: torch.Tensor, plan: DecodePlan, amp: bool
+    model: torch.nn.Module, labels: torch.Tensor, plan: DecodePlan, amp: bool,
+    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> Callable[[int], None]:
+    """One timed decode of ``labels`` with ``model`` (through ``logits_fn`` when given)."""
     def run(i: int) -> None:
         with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
-            maskgit_decode(model, labels, seq_len=model.seq_len, mask_id=model.mask_id,
+            maskgit_decode(logits_fn or model, labels, seq_len=model.seq_len, mask_id=model.mask_id,
                            null_class=model.null_class, plan=plan, generator=batch_generator(0, i))
 
     return run
@@ -120,7 +126,24 @@ def main() -> None:
     print(f"  kamig  {wall['kamig']:8.3f} s/batch  {args.batch / wall['kamig']:8.1f} images/s")
     print(f"  kamig / base  {wall['kamig'] / wall['base']:.3f}x")
 
-    # ---- 3. one FID evaluation ----------------------------------------------------------------
+    # ---- 3. the sampler's row chunks on a CPU, at the stage's batch ---------------------------
+    stage_batch = SampleConfig().batch_size
+    stage_labels = (torch.arange(stage_batch) % base.num_classes).to(device)
+    contenders = {}
+    for name, model in (("base", base), ("kamig", kamig)):
+        contenders[f"{name} whole batch"] = decoder(model, stage_labels, parallel, amp)
+        chunked = model_logits(model, device)
+        contenders[f"{name} row chunks"] = decoder(model, stage_labels, parallel, amp, chunked)
+    wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
+    print(f"\n3. the sample stage's batch of {stage_batch} (x2 with CFG): one forward of the whole batch "
+          f"against the sampler's row chunks (model_logits)")
+    for name in ("base", "kamig"):
+        whole, chunks = wall[f"{name} whole batch"], wall[f"{name} row chunks"]
+        print(f"  {name:<6} {stage_batch / whole:8.1f} -> {stage_batch / chunks:8.1f} images/s  "
+              f"({whole / chunks:.2f}x)")
+    print(f"  kamig / base with row chunks  {wall['kamig row chunks'] / wall['base row chunks']:.3f}x")
+
+    # ---- 4. one FID evaluation ----------------------------------------------------------------
     time_evaluation(args, base, labels, parallel, device, amp)
 
 
@@ -173,7 +196,7 @@ def time_evaluation(args, model, labels, plan, device, amp) -> None:
     fid_from_stats(feature_stats(big), big_ref)
     stats_2048_s = time.perf_counter() - start
 
-    print(f"\n3. one FID evaluation of {n} images ({'trained' if tokenizer else 'random'} tokenizer/pixels, "
+    print(f"\n4. one FID evaluation of {n} images ({'trained' if tokenizer else 'random'} tokenizer/pixels, "
           f"{features.shape[1]}-d classifier features)")
     print(f"  features: tokenizer decode  {decode_s:8.3f} s")
     print(f"  features: classifier        {classify_s:8.3f} s")
