@@ -87,14 +87,20 @@ class Estimate:
         return statistics.stdev(self.values) if self.n > 1 else math.nan
 
     @property
-    def half_width(self) -> float:
+    def interval(self) -> tuple[float, float]:
+        """The Student-t CI of the mean (scipy's one-sample t-test: for paired differences, the
+        paired test's interval)."""
         if self.n < 2:
-            return math.nan
-        return float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1)) * self.sd / math.sqrt(self.n)
+            return math.nan, math.nan
+        if self.sd == 0:  # no spread: scipy's interval is undefined, the mean is exact
+            return self.mean, self.mean
+        ci = scipy.stats.ttest_1samp(self.values, 0.0).confidence_interval(CONFIDENCE)
+        return float(ci.low), float(ci.high)
 
     @property
-    def interval(self) -> tuple[float, float]:
-        return self.mean - self.half_width, self.mean + self.half_width
+    def half_width(self) -> float:
+        low, high = self.interval
+        return (high - low) / 2
 
     @property
     def mde(self) -> float:
@@ -107,16 +113,24 @@ class Estimate:
 
     def replicates_for(self, effect: float, power: float | None = POWER, at_most: int = 10_000) -> int | None:
         """Replicates whose MDE is ``effect`` at this spread (Student t), or with ``power=None`` whose
-        CI half-width is; None if the spread is unknown."""
+        CI half-width is; None if the spread is unknown.
+
+        The normal quantiles give a lower bound in closed form (t quantiles are larger), so the
+        search for the first n that the t quantiles admit starts there and takes a few steps.
+        """
         if self.n < 2 or not self.sd > 0 or effect <= 0:
             return None
-        for n in range(2, at_most + 1):
-            t_sum = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)
-            if power is not None:
-                t_sum += scipy.stats.t.ppf(power, n - 1)
-            if t_sum * self.sd / math.sqrt(n) <= effect:
-                return n
-        return None
+        alpha_q = 0.5 + CONFIDENCE / 2
+
+        def reached(n: int) -> bool:
+            t_sum = scipy.stats.t.ppf(alpha_q, n - 1) + (scipy.stats.t.ppf(power, n - 1) if power else 0.0)
+            return t_sum * self.sd / math.sqrt(n) <= effect
+
+        z_sum = scipy.stats.norm.ppf(alpha_q) + (scipy.stats.norm.ppf(power) if power else 0.0)
+        n = max(2, math.floor((z_sum * self.sd / effect) ** 2))
+        while n <= at_most and not reached(n):
+            n += 1
+        return n if n <= at_most else None
 
 
 def difference(a: Estimate, b: Estimate) -> tuple[float, tuple[float, float]]:
@@ -125,12 +139,10 @@ def difference(a: Estimate, b: Estimate) -> tuple[float, tuple[float, float]]:
     gap = a.mean - b.mean
     if a.n < 2 or b.n < 2:
         return gap, (math.nan, math.nan)
-    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
-    if va + vb == 0:  # no spread on either side: the difference is exact
+    if a.sd == 0 and b.sd == 0:  # no spread on either side: the difference is exact
         return gap, (gap, gap)
-    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))  # Welch–Satterthwaite
-    half = float(scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df)) * math.sqrt(va + vb)
-    return gap, (gap - half, gap + half)
+    ci = scipy.stats.ttest_ind(a.values, b.values, equal_var=False).confidence_interval(CONFIDENCE)
+    return gap, (float(ci.low), float(ci.high))
 
 
 def estimate(values: Iterable[float | None]) -> Estimate:
