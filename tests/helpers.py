@@ -88,6 +88,13 @@ def make_repo_copy(destination: Path, preset: str | None = "configs/tiny.yaml") 
     return destination
 
 
+def copy_repo(source: Path, destination: Path) -> Path:
+    """An independent copy of a project copy that has run already: git history, DVC cache,
+    outputs and all, without DVC's machine-local state (``.dvc/tmp``), which it rebuilds."""
+    shutil.copytree(source, destination, symlinks=True, ignore=shutil.ignore_patterns("tmp"))
+    return destination
+
+
 # --------------------------------------------------------------------------------------------
 # Stage entry points and "nothing changed" checks (fault-tolerance tests)
 # --------------------------------------------------------------------------------------------

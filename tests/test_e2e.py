@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tests.helpers import make_repo_copy, run
+from tests.helpers import copy_repo, run
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +35,10 @@ def stages_run(output: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def repo(tmp_path_factory: pytest.TempPathFactory, reproduced_tiny_repo) -> tuple[Path, str]:
     """A copy of the project after one full `dvc repro`, committed as the baseline."""
-    path = make_repo_copy(tmp_path_factory.mktemp("e2e") / "repo")
-    result = run(["dvc", "repro"], path)
-    run(["git", "add", "-A"], path)
-    run(["git", "commit", "-q", "-m", "baseline run"], path)
-    return path, result.stdout
+    path = copy_repo(reproduced_tiny_repo.path, tmp_path_factory.mktemp("e2e") / "repo")
+    return path, reproduced_tiny_repo.output
 
 
 def test_repro_runs_every_stage_and_writes_the_contract(repo):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO_ROOT, make_repo_copy, run
+from tests.helpers import REPO_ROOT, copy_repo, run
 
 WRAPPER = REPO_ROOT / "scripts" / "dvc_remote.py"
 # Any option whose name contains one of these (case-insensitive) is a credential.
@@ -170,14 +170,14 @@ def test_wrapper_refuses_credentials_in_the_committed_config(project):
 
 
 @pytest.mark.e2e
-def test_push_then_clone_and_pull_needs_no_rerun(tmp_path):
-    source = make_repo_copy(tmp_path / "source")
+def test_push_then_clone_and_pull_needs_no_rerun(tmp_path, reproduced_tiny_repo):
+    # A project after `dvc repro` and a commit of its results (the session's shared run).
+    source = copy_repo(reproduced_tiny_repo.path, tmp_path / "source")
+    assert "Running stage 'prepare'" in reproduced_tiny_repo.output
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], source)
-    first = run(["dvc", "repro"], source)
-    assert "Running stage 'prepare'" in first.stdout
     run(["git", "add", "-A"], source)
-    run(["git", "commit", "-q", "-m", "results"], source)
+    run(["git", "commit", "-q", "-m", "the remote"], source)
     pushed = run([sys.executable, str(source / "scripts" / "dvc_remote.py"), "push"], source)
     assert "pushed" in pushed.stdout
 
