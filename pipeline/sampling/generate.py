@@ -73,19 +73,13 @@ def generate_samples(
     logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     *,
     num_classes: int,
-    seq_len: int,
-    mask_id: int,
-    null_class: int,
     sample_cfg: SampleConfig,
-    seed: int,
-    device: str | torch.device = "cpu",
-    batches: range | None = None,
-    desc: str = "sampling",
+    **decoding: Any,
 ) -> Samples:
-    """``sample_cfg.per_class`` samples per class (class-major), as :func:`generate_tokens` draws them."""
+    """``sample_cfg.per_class`` samples per class (class-major), drawn by :func:`generate_tokens`
+    (``decoding``: its other keywords)."""
     labels = class_balanced_labels(num_classes, sample_cfg.per_class)
-    return generate_tokens(logits_fn, labels, seq_len=seq_len, mask_id=mask_id, null_class=null_class,
-                           sample_cfg=sample_cfg, seed=seed, device=device, batches=batches, desc=desc)
+    return generate_tokens(logits_fn, labels, sample_cfg=sample_cfg, **decoding)
 
 
 def generate_tokens(
