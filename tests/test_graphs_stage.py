@@ -292,20 +292,6 @@ def test_official_params_change_only_the_official_files(tmp_path, corpus):
     assert other_metrics["official"]["similarity"]["edges"] == META.codebook_size * 4
 
 
-def test_failure_in_the_official_graphs_leaves_neither_directory(tmp_path, good_tokens, monkeypatch):
-    import pipeline.graphs.build as build
-
-    def broken(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(build, "official_similarity", broken)
-    paths = stage_paths(tmp_path / "out", good_tokens)
-    with pytest.raises(OSError, match="No space"):
-        build_graphs(GraphsConfig(), paths)
-    assert list(paths.graphs_dir.parent.iterdir()) == []
-    assert not paths.metrics_file.exists()
-
-
 def test_official_directory_is_a_declared_output():
     assert StagePaths().official_graphs_dir == layout.GRAPHS_OFFICIAL_DIR
     assert layout.GRAPHS_OFFICIAL_DIR in StagePaths().outputs()
@@ -394,13 +380,16 @@ def test_split_of_empty_shards(tmp_path):
     assert_fails_cleanly(tmp_path, root, f"{shard_name(0)}.*empty split")
 
 
-def test_failure_after_writing_started_leaves_nothing(tmp_path, good_tokens, monkeypatch):
+# A failure in this pipeline's similarity graph, or in the official graphs written beside it,
+# leaves neither data/graphs nor data/graphs_official.
+@pytest.mark.parametrize("step", ["similarity_graph", "official_similarity"])
+def test_failure_after_writing_started_leaves_nothing(tmp_path, good_tokens, monkeypatch, step):
     import pipeline.graphs.build as build
 
     def broken(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(build, "similarity_graph", broken)
+    monkeypatch.setattr(build, step, broken)
     paths = stage_paths(tmp_path / "out", good_tokens)
     with pytest.raises(OSError, match="No space"):
         build_graphs(GraphsConfig(), paths)
