@@ -14,9 +14,10 @@
    at ``--batch`` images, and ``--autonat-samples`` images with the AutoNAT-L-T8 strategy of
    ``configs/autonat_l_t8.yaml``.
 
-Each part prints images/s (or steps/s) and the achieved TFLOP/s from the counted FLOPs of
-benchmarks/imagenet_cost.py, i.e. the utilisation the cost projection assumes. Weights are random:
-speed does not depend on them.
+Each part prints images/s (or steps/s) and the achieved TFLOP/s of the work that ran: its FLOPs are
+counted (``torch.utils.flop_counter``) on the very models and sizes that were timed, so ``--smoke``
+prints the small models' rates (benchmarks/imagenet_cost.py counts the full-size model, which is the
+utilisation its cost projection assumes). Weights are random: speed does not depend on them.
 
     python benchmarks/gpu_check.py                 # on the GPU machine, a few minutes
     python benchmarks/gpu_check.py --smoke         # CPU, tiny sizes: checks the script runs
@@ -43,8 +44,18 @@ from pipeline.config import replace as replace_config  # noqa: E402
 from pipeline.sampling import generate_samples  # noqa: E402
 from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
 
-# GFLOP per image, printed by benchmarks/imagenet_cost.py (torch.utils.flop_counter).
-ENCODE, DECODE, FORWARD, FROZEN_STEP = 128.6, 186.5, 92.9, 190.9
+
+def counted_flops(fn: Callable[[], object]) -> int:
+    """The FLOPs of one call of ``fn`` (matmuls, convolutions, attention), run once to count."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def tflops(flops: float, seconds: float) -> str:
+    return f"{flops / seconds / 1e12:.3g} TFLOP/s"
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> float:
@@ -62,15 +73,17 @@ def check_tokenizer(device: torch.device, images: int, batch: int, size: int) ->
     tokenizer = VQGANTokenizer(image_size=size).to(device).eval()
     pixels = torch.rand(batch, 3, size, size, device=device)
     tokenizer.encode(pixels[:2])  # warm-up (cuDNN autotuning)
+    encode_flops = counted_flops(lambda: tokenizer.encode(pixels))
+    decode_flops = counted_flops(lambda: tokenizer.decode(tokenizer.encode(pixels))) - encode_flops
     batches = max(1, images // batch)
     tokens = []
     seconds = timed(lambda: tokens.extend(tokenizer.encode(pixels) for _ in range(batches)), device)
     done = batches * batch
     print(f"tokenize: {done} images {size}px in {seconds:.1f} s = {done / seconds:,.0f} images/s "
-          f"({done * ENCODE / seconds / 1e3:.1f} TFLOP/s at 256 px)")
+          f"({tflops(batches * encode_flops, seconds)} at {size} px)")
     seconds = timed(lambda: [tokenizer.decode(t) for t in tokens], device)
     print(f"decode:   {done} images in {seconds:.1f} s = {done / seconds:,.0f} images/s "
-          f"({done * DECODE / seconds / 1e3:.1f} TFLOP/s at 256 px)")
+          f"({tflops(batches * decode_flops, seconds)} at {size} px)")
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB at batch {batch}")
 
@@ -82,20 +95,21 @@ def check_training(device: torch.device, shape, steps: int) -> None:
     step = make_train_step(kamig, shape, device, trainable, amp)
     for i in range(2):
         step(i)  # warm-up
+    step_flops = counted_flops(lambda: step(1))  # a repeat of a warm-up step: the state moves on
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     seconds = timed(lambda: [step(2 + i) for i in range(steps)], device)
     images = steps * shape.batch
     print(f"finetune (KA-MIG, frozen backbone, bf16 {amp}): {steps} steps x {shape.batch} in "
           f"{seconds:.1f} s = {steps / seconds:.2f} steps/s, {images / seconds:,.0f} images/s "
-          f"({images * FROZEN_STEP / seconds / 1e3:.1f} TFLOP/s backbone only)")
+          f"({tflops(steps * step_flops, seconds)})")
     if device.type == "cuda":
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 def check_sampling(device: torch.device, shape, samples: int, batch: int) -> None:
     _, kamig = make_models(shape)
-    kamig.to(device).eval()
+    kamig.to(device).eval().requires_grad_(False)
     kamig.precompute()
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
@@ -106,15 +120,15 @@ def check_sampling(device: torch.device, shape, samples: int, batch: int) -> Non
     per_class = max(1, samples // shape.num_classes)
     cfg = replace_config(SampleConfig(), steps=8, per_class=per_class, batch_size=batch, cfg=2.0,
                          cfg_schedule="linear")
-    generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len, mask_id=kamig.mask_id,
-                     null_class=kamig.null_class, sample_cfg=cfg, seed=0, device=device, batches=range(1))
+    batch_flops = counted_flops(lambda: generate_samples(  # also the warm-up
+        logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len, mask_id=kamig.mask_id,
+        null_class=kamig.null_class, sample_cfg=cfg, seed=0, device=device, batches=range(1)))
     result = generate_samples(logits_fn, num_classes=shape.num_classes, seq_len=shape.seq_len,
                               mask_id=kamig.mask_id, null_class=kamig.null_class, sample_cfg=cfg, seed=0,
                               device=device)
     n = len(result.labels)
-    passes = 15  # 8 steps, the first without guidance (linear ramp from 0)
     print(f"sample (KA-MIG, 8 steps, CFG linear to 2.0): {n} images in {result.seconds:.1f} s = "
-          f"{result.images_per_s:,.0f} images/s ({n * passes * FORWARD / result.seconds / 1e3:.1f} TFLOP/s)")
+          f"{result.images_per_s:,.0f} images/s ({tflops(batch_flops * n / batch, result.seconds)})")
 
 
 def check_autonat(device: torch.device, steps: int, batch: int, samples: int, smoke: bool) -> None:

@@ -99,9 +99,9 @@ def draw(model: torch.nn.Module, tokenizer: torch.nn.Module, labels: torch.Tenso
          seed: int, device: torch.device) -> np.ndarray:
     """uint8 images (N, C, H, W), one per label: the library call behind the command."""
     model.precompute()
-    samples = generate_tokens(model_logits(model, device), labels, seq_len=model.seq_len,
-                              mask_id=model.mask_id, null_class=model.null_class, sample_cfg=settings,
-                              seed=seed, device=device, desc="generating")
+    samples = generate_tokens(model_logits(model, device, settings.mixed_precision), labels,
+                              seq_len=model.seq_len, mask_id=model.mask_id, null_class=model.null_class,
+                              sample_cfg=settings, seed=seed, device=device, desc="generating")
     return decode_images(tokenizer, samples.tokens, device, settings.batch_size)
 
 
@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the sample defaults come from (params.yaml)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="images decoded at once (default sample.batch_size)")
+    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"],
+                        help="bf16: faster on CPUs with native bf16, other samples "
+                             "(default sample.mixed_precision)")
     return parser
 
 
@@ -156,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = sample_settings(args.params, args.strategy, {
             "steps": args.steps, "cfg": args.cfg, "temperature": args.temperature,
-            "batch_size": args.batch_size, "per_class": args.per_class})
+            "batch_size": args.batch_size, "per_class": args.per_class,
+            "mixed_precision": args.mixed_precision})
         if not (args.model_dir / "config.json").is_file():
             raise PipelineError(f"{args.model_dir} is not a generator directory (no config.json): "
                                 "give models/<variant> or a directory written by pipeline.model.convert")

@@ -297,3 +297,10 @@ def test_chunked_cpu_logits_are_the_whole_batch_logits() -> None:
     labels = torch.randint(0, 4, (300,), generator=generator)
     with torch.no_grad():
         assert torch.equal(model_logits(model, torch.device("cpu"))(tokens, labels), model(tokens, labels))
+    with torch.no_grad():
+        # The opt-in bf16 forward: other numbers (hence its own param), close to float32's.
+        reference = model(tokens, labels)
+        bf16 = model_logits(model, torch.device("cpu"), "bf16")(tokens, labels)
+        assert bf16.dtype == torch.bfloat16 and not torch.equal(bf16.float(), reference)
+        torch.testing.assert_close(bf16.float(), reference, atol=0.1, rtol=0.05)
+        assert torch.equal(model_logits(model, torch.device("cpu"), "no")(tokens, labels), reference)

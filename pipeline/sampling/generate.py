@@ -134,13 +134,15 @@ def generate_tokens(
 CPU_CHUNK_TOKENS = 5000
 
 
-def model_logits(model: torch.nn.Module, device: torch.device) -> LogitsFn:
-    """The sampler's ``logits_fn`` for a loaded generator: bf16 autocast on CUDA, float32 elsewhere,
-    in row chunks of about :data:`CPU_CHUNK_TOKENS` tokens on a CPU."""
+def model_logits(model: torch.nn.Module, device: torch.device, mixed_precision: str = "auto") -> LogitsFn:
+    """The sampler's ``logits_fn`` for a loaded generator, in row chunks of about
+    :data:`CPU_CHUNK_TOKENS` tokens on a CPU. ``mixed_precision`` (``sample.mixed_precision``):
+    ``auto`` is bf16 autocast on CUDA and float32 elsewhere; ``bf16`` and ``no`` force it."""
     rows = max(1, CPU_CHUNK_TOKENS // model.seq_len) if device.type == "cpu" else None
+    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if rows is None or len(tokens) <= rows:
                 return model(tokens, labels)
             return torch.cat([model(tokens[i : i + rows], labels[i : i + rows])
@@ -189,10 +191,9 @@ def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialSta
 
     batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
     part = generate_samples(
-        model_logits(model, device), num_classes=meta.num_classes, seq_len=meta.seq_len,
-        mask_id=model.mask_id, null_class=model.null_class, sample_cfg=cfg.sample, seed=cfg.sample.seed,
-        device=device,
-        batches=batches,
+        model_logits(model, device, cfg.sample.mixed_precision), num_classes=meta.num_classes,
+        seq_len=meta.seq_len, mask_id=model.mask_id, null_class=model.null_class, sample_cfg=cfg.sample,
+        seed=cfg.sample.seed, device=device, batches=batches,
         desc="sampling" if state.num_processes == 1 else f"sampling [{state.process_index}]",
     )
     parts = gather_parts(part, state)

@@ -1,0 +1,115 @@
+"""Benchmark: the sample stage's sampling at two commits, side by side, in one run.
+
+The sample stage's own function (``sample_variant``) of an older commit, checked out in a
+temporary git worktree, runs against this checkout's, alternating over ``--rounds`` rounds, each
+run in a fresh process on the same trained models (``models/`` of this checkout: run ``dvc repro``
+first). Every contender samples ``--per-class`` images per class of the base model and of KA-MIG
+with the params of its own tree (the stage's batch of 500, 8 steps, CFG 1). This checkout runs
+twice: as configured (result-preserving) and with ``sample.mixed_precision: bf16`` (opt-in, other
+samples).
+
+Prints, per contender, medians over the rounds:
+- images/s of token generation (the number in ``metrics/sample_<variant>.json``);
+- the stage's work in seconds: loading the model, its precomputed tables and the sampling;
+- the ratios against the older commit, and KA-MIG over base.
+
+    python -m benchmarks.sampling_versions                    # against the issue's baseline commit
+    python -m benchmarks.sampling_versions --before HEAD~3 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The last commit before the CPU sampling work: the issue's "today".
+BASELINE = "bdb6b9b^"
+
+# Runs inside a contender's tree (sys.path[0]): its pipeline, its params.yaml, our models/.
+PROBE = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from pipeline import layout
+from pipeline.config import load_config, replace
+from pipeline.sampling.generate import sample_variant
+from pipeline.shards import read_meta
+
+tree, variant, per_class, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+cfg = load_config(tree + "/params.yaml")
+overrides = {"per_class": per_class}
+if precision != "default":
+    overrides["mixed_precision"] = precision
+cfg = replace(cfg, sample=replace(cfg.sample, **overrides))
+
+class State:  # one process, as accelerate's PartialState describes it
+    device, num_processes, process_index, is_main_process = torch.device("cpu"), 1, 0, True
+
+started = time.perf_counter()
+samples = sample_variant(cfg, variant, read_meta(layout.TOKENS_DIR), State())
+print(json.dumps({"images_per_s": samples.images_per_s, "work_s": time.perf_counter() - started}))
+"""
+
+
+def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[str, float]:
+    result = subprocess.run([sys.executable, "-c", PROBE, str(tree), variant, str(per_class), precision],
+                            cwd=ROOT, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"the probe failed in {tree} ({variant}):\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--before", default=BASELINE, help=f"the older commit (default {BASELINE})")
+    parser.add_argument("--per-class", type=int, default=100, help="images per class and run")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if not (ROOT / "models" / "kamig").is_dir():
+        raise SystemExit("no models/kamig: run `dvc repro` first")
+    with tempfile.TemporaryDirectory() as tmp:
+        worktree = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT,
+                       check=True, capture_output=True)
+        try:
+            contenders = {"before": (worktree, "default"), "now": (ROOT, "default"),
+                          "now bf16": (ROOT, "bf16")}
+            runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+            for round_index in range(args.rounds):
+                for variant in ("base", "kamig"):
+                    for name, (tree, precision) in contenders.items():
+                        runs.setdefault((name, variant), []).append(
+                            run_probe(tree, variant, args.per_class, precision))
+                print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
+    report(runs, args)
+
+
+def report(runs: dict[tuple[str, str], list[dict[str, float]]], args: argparse.Namespace) -> None:
+    def median(name: str, variant: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[(name, variant)])
+
+    print(f"sample stage's sampling, {args.per_class * 10} images per run, medians of {args.rounds} rounds "
+          f"(before = {args.before})")
+    print(f"  {'':<10}{'variant':<8}{'images/s':>10}{'x before':>10}{'work s':>9}")
+    for name in ("before", "now", "now bf16"):
+        for variant in ("base", "kamig"):
+            rate = median(name, variant, "images_per_s")
+            speedup = rate / median("before", variant, "images_per_s")
+            print(f"  {name:<10}{variant:<8}{rate:10.1f}{speedup:9.2f}x"
+                  f"{median(name, variant, 'work_s'):9.1f}")
+    for name in ("before", "now", "now bf16"):
+        print(f"  {name}: kamig / base, the stage's work "
+              f"{median(name, 'kamig', 'work_s') / median(name, 'base', 'work_s'):.3f}x, token generation "
+              f"{median(name, 'base', 'images_per_s') / median(name, 'kamig', 'images_per_s'):.3f}x")
+
+
+if __name__ == "__main__":
+    main()
