@@ -5,19 +5,24 @@ Prints
    decoding (``seq_len`` steps) of the same model and batch: the parallel-decoding speedup;
 2. KA-MIG against base sampling time (8 steps, CFG, the inference cache on), as a ratio;
 3. the sample stage's batch (500) decoded with the whole batch in one forward against the
-   sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side;
-4. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
+   sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side, in float32 and with
+   the opt-in ``sample.mixed_precision: bf16``;
+4. the sampling forward's rate (its FLOPs counted by ``torch.utils.flop_counter``, over its time)
+   as a fraction of a 1024 x 1024 float32 matmul's rate in the same process, alternating;
+5. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
    + classifier forward) and statistics (mean/covariance + Fréchet distance), plus precision /
    recall; and the statistics part at Inception's 2048 dims. ``--inception`` also times
    InceptionV3 features (slow on a CPU: a few images/s).
 
 Models: ``models/base`` and ``models/kamig`` (and ``models/tokenizer``, ``models/classifier``)
 when they exist; otherwise randomly initialised ones of the default sizes (speed does not depend
-on the weights). Timings alternate the contenders over several rounds and report medians, since a
-shared CPU is noisy.
+on the weights). ``--tokens 196`` times random-init models of the default width at 14 x 14 tokens
+(the long-sequence preset, configs/study_196.yaml). Timings alternate the contenders over several
+rounds and report medians, since a shared CPU is noisy.
 
     python -m benchmarks.sampling
     python -m benchmarks.sampling --images 200 --rounds 3
+    python -m benchmarks.sampling --tokens 196 --images 200
     python -m benchmarks.sampling --imagenet        # paper-sized model, on a GPU machine
 """
 
@@ -90,13 +95,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--inception", action="store_true", help="also time InceptionV3 features")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--tokens", type=int, help="sequence length of random-init models (e.g. 196)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
     shape = dataclasses.replace(IMAGENET if args.imagenet else FASHION)
-    base, kamig, origin = load_models(shape, device, args.random or args.imagenet)
+    if args.tokens:
+        shape = dataclasses.replace(shape, seq_len=args.tokens)
+    base, kamig, origin = load_models(shape, device, args.random or args.imagenet or bool(args.tokens))
     seq_len = base.seq_len
     print(f"device {device} ({torch.get_num_threads()} CPU threads), bf16 {amp}; {origin} models, "
           f"L={seq_len} V={base.codebook_size} classes={base.num_classes}; "
@@ -134,17 +142,55 @@ def main() -> None:
         contenders[f"{name} whole batch"] = decoder(model, stage_labels, parallel, amp)
         chunked = model_logits(model, device)
         contenders[f"{name} row chunks"] = decoder(model, stage_labels, parallel, amp, chunked)
+        bf16 = model_logits(model, device, "bf16")
+        contenders[f"{name} bf16"] = decoder(model, stage_labels, parallel, amp, bf16)
     wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
     print(f"\n3. the sample stage's batch of {stage_batch} (x2 with CFG): one forward of the whole batch "
-          f"against the sampler's row chunks (model_logits)")
+          f"against the sampler's row chunks (model_logits), then bf16 (opt-in: other samples)")
     for name in ("base", "kamig"):
-        whole, chunks = wall[f"{name} whole batch"], wall[f"{name} row chunks"]
+        whole, chunks, bf16 = (wall[f"{name} {kind}"] for kind in ("whole batch", "row chunks", "bf16"))
         print(f"  {name:<6} {stage_batch / whole:8.1f} -> {stage_batch / chunks:8.1f} images/s  "
-              f"({whole / chunks:.2f}x)")
+              f"({whole / chunks:.2f}x); bf16 {stage_batch / bf16:8.1f} images/s ({whole / bf16:.2f}x)")
     print(f"  kamig / base with row chunks  {wall['kamig row chunks'] / wall['base row chunks']:.3f}x")
 
-    # ---- 4. one FID evaluation ----------------------------------------------------------------
+    # ---- 4. the forward against the matmul rate -----------------------------------------------
+    matmul_fraction(args, base, stage_labels, device)
+
+    # ---- 5. one FID evaluation ----------------------------------------------------------------
     time_evaluation(args, base, labels, parallel, device, amp)
+
+
+def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device) -> None:
+    """The sampler's float32 forward (row chunks, a CFG batch, half the positions masked) in counted
+    GFLOP/s, against a 1024 x 1024 float32 matmul's, alternating in this process."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
+    tokens[:, ::2] = model.mask_id
+    both = torch.cat([labels, torch.full_like(labels, model.null_class)]).cpu()
+    tokens, both = tokens.to(device), both.to(device)
+    model.requires_grad_(False)  # the FLOP counter's module hooks expect no autograd state at inference
+    forward = model_logits(model, device, "no")
+    a = torch.randn(1024, 1024, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        forward(tokens, both)
+    forward_flops, matmul_flops = counter.get_total_flops(), 2 * 1024**3
+    reps = max(1, round(forward_flops / matmul_flops))  # about as much work per timed call
+
+    def run_forward(i: int) -> None:
+        with torch.no_grad():
+            forward(tokens, both)
+
+    wall, _ = time_interleaved({"forward": run_forward, "matmul": lambda i: [a @ a for _ in range(reps)]},
+                               device, rounds=args.rounds, reps=1, warmup=1)
+    forward_rate, matmul_rate = forward_flops / wall["forward"], reps * matmul_flops / wall["matmul"]
+    print(f"\n4. the sampling forward ({len(tokens)} sequences of {model.seq_len}, float32, row chunks) "
+          "against a 1024² float32 matmul, same process")
+    for name, flops, rate in (("forward", forward_flops, forward_rate),
+                              ("matmul", reps * matmul_flops, matmul_rate)):
+        print(f"  {name:<7} {flops / 1e9:7.1f} GFLOP in {wall[name]:.3f} s = {rate / 1e9:6.1f} GFLOP/s")
+    print(f"  forward / matmul rate  {forward_rate / matmul_rate:.0%}")
 
 
 def time_evaluation(args, model, labels, plan, device, amp) -> None:
@@ -196,7 +242,7 @@ def time_evaluation(args, model, labels, plan, device, amp) -> None:
     fid_from_stats(feature_stats(big), big_ref)
     stats_2048_s = time.perf_counter() - start
 
-    print(f"\n4. one FID evaluation of {n} images ({'trained' if tokenizer else 'random'} tokenizer/pixels, "
+    print(f"\n5. one FID evaluation of {n} images ({'trained' if tokenizer else 'random'} tokenizer/pixels, "
           f"{features.shape[1]}-d classifier features)")
     print(f"  features: tokenizer decode  {decode_s:8.3f} s")
     print(f"  features: classifier        {classify_s:8.3f} s")

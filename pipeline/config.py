@@ -250,13 +250,14 @@ class KamigConfig(Recipe):
 
 
 GraphName = Literal["cooccurrence", "similarity", "incompatibility"]
+AdapterName = Literal["pipeline", "official"]
 
 
 class FusionConfig(_Section):
     # pipeline: this pipeline's adapter (pipeline/model/knowledge.py); official: the published
     # KA-MIG graph layer, exactly (pipeline/model/official.py), which fixes weight 1,
     # null_negative zero, negative_at all and gcn_layers 3 (the config checks them).
-    adapter: Literal["pipeline", "official"] = "pipeline"
+    adapter: AdapterName = "pipeline"
     weight: float = Field(1.0, ge=0.0)
     graphs: tuple[GraphName, ...] = ("cooccurrence", "similarity", "incompatibility")
     # all: the negative term at every position (official code); masked: masked positions only (paper).

@@ -36,7 +36,6 @@ from pipeline.errors import DataSourceError, PipelineError
 from pipeline.images import render_grid, save_png
 from pipeline.model.generators import load_generator
 from pipeline.sampling.generate import decode_images, generate_tokens, model_logits
-from pipeline.tokenizer.base import tokenizer_fingerprint
 from pipeline.tokenizer.registry import load_tokenizer
 
 
@@ -83,16 +82,11 @@ def resolve_class(value: str, names: list[str]) -> int:
 
 def checked_tokenizer(directory: Path, recorded: str, device: torch.device) -> torch.nn.Module:
     """The tokenizer in ``directory``, which must be the one the model's tokens came from."""
-    found = tokenizer_fingerprint(directory) if (directory / "config.json").is_file() else None
-    if found is None:
+    if not (directory / "config.json").is_file():
         raise PipelineError(f"no tokenizer at {directory}: run `dvc repro tokenizer` or pass --tokenizer")
-    if found != recorded:
-        raise PipelineError(
-            f"the tokenizer at {directory} (fingerprint {found}) is not the one this model was trained on "
-            f"({recorded}); pass --tokenizer with the right one (an imported model records its tokens' "
-            "fingerprint only when converted with --tokens-meta)"
-        )
-    return load_tokenizer(directory, device)
+    return load_tokenizer(directory, device, expected_fingerprint=recorded, hint=(
+        "this model was trained on the other one; pass --tokenizer with the right one (an imported model "
+        "records its tokens' fingerprint only when converted with --tokens-meta)"))
 
 
 def draw(model: torch.nn.Module, tokenizer: torch.nn.Module, labels: torch.Tensor, settings: SampleConfig,

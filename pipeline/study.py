@@ -9,6 +9,9 @@ scored in every experiment, so each one is a complete paired replicate:
   pretrained backbone, fine-tuned); a second base seed shows whether the conclusion hinges on it.
 * ``b<base>-f<ft>-negmasked``: ``fusion.negative_at: masked`` (the paper's text) instead of ``all``.
 * ``b<base>-f<ft>-<graph>``: one graph alone, against the null control on the same graph.
+* ``b<base>-f<ft>-official``: ``fusion.adapter: official`` (the published graph layer) instead of
+  this pipeline's; its null is the official layer on the permuted graphs. The base model and the
+  control do not depend on the adapter, so the pair with ``b<base>-f<ft>`` shares them.
 
 Every experiment runs at the study's scale, ``configs/study.yaml``: longer training than the
 15-minute default DAG and 5,000 samples per variant. Its keys are set on every experiment beside
@@ -19,9 +22,15 @@ The sampling seed stays fixed: every variant of a replicate draws the same Gumbe
 random numbers), and the base model's samples are re-used across fine-tune seeds.
 
 A finished experiment leaves ``<results>/<name>.json`` (:func:`collect_record`): its settings, the
-evaluation and training metrics of every variant and floor, and its wall time. The runner skips
-names whose record exists, so an interrupted study resumes where it stopped; the records are
-committed, and the report is rendered from them alone.
+evaluation and training metrics of every variant and floor, its wall time, and the fingerprints of
+the tokenizer and the base model it ran on. The runner skips names whose record exists, so an
+interrupted study resumes where it stopped; the records are committed, and the report is rendered
+from them alone.
+
+Fingerprints. A base model trained again on another CPU comes out different (other float
+rounding), so records are comparable only where their tokenizer and base model are the same
+tensors. :func:`fingerprint_conflicts` finds records of one base seed that disagree; the runner
+refuses to add such a record to a series, and the report refuses to pair them.
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from typing import Any, get_args
 import yaml
 
 from pipeline import layout
-from pipeline.config import DEFAULT_PARAMS, GraphName, config_from_dict, merge_overlay
+from pipeline.config import DEFAULT_PARAMS, AdapterName, GraphName, config_from_dict, merge_overlay
 
 GRAPH_NAMES: tuple[str, ...] = get_args(GraphName)
+ADAPTERS: tuple[str, ...] = get_args(AdapterName)
 STUDY_PRESET = Path("configs/study.yaml")
 
 
@@ -72,27 +82,37 @@ class Experiment:
     finetune_seed: int
     graphs: tuple[str, ...] = GRAPH_NAMES
     negative_at: str = "all"
+    adapter: str = "pipeline"
 
     def overrides(self, scale: Mapping[str, Any]) -> dict[str, Any]:
         """The scale's settings and every grid param, explicitly, as ``dvc exp run -S`` values."""
         return {**scale, "seed": self.base_seed, "kamig.seed": self.finetune_seed,
-                "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at}
+                "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at,
+                "fusion.adapter": self.adapter}
 
 
 def experiment(base: int, ft: int, graphs: Sequence[str] = GRAPH_NAMES,
-               negative_at: str = "all") -> Experiment:
+               negative_at: str = "all", adapter: str = "pipeline") -> Experiment:
     name = f"b{base}-f{ft}"
     if tuple(graphs) != GRAPH_NAMES:
         name += "-" + "+".join(graphs)
     if negative_at != "all":
         name += f"-neg{negative_at}"
-    return Experiment(name, base, ft, tuple(graphs), negative_at)
+    if adapter != "pipeline":
+        name += f"-{adapter}"
+    return Experiment(name, base, ft, tuple(graphs), negative_at, adapter)
 
 
 def study_grid(finetune_seeds: Sequence[int], second_base_seeds: Sequence[int] = (),
-               ablation_seeds: Sequence[int] = (), negative_seeds: Sequence[int] = ()) -> list[Experiment]:
-    """The experiments in running order: the main comparison first, so a partial study is useful."""
-    runs = [experiment(0, ft) for ft in finetune_seeds]
+               ablation_seeds: Sequence[int] = (), negative_seeds: Sequence[int] = (),
+               adapters: Sequence[str] = ("pipeline",)) -> list[Experiment]:
+    """The experiments in running order: the main comparison first, so a partial study is useful.
+    Each of its seeds runs once per adapter in ``adapters``, one after the other, so that the second
+    re-uses the first's control (which does not depend on the adapter)."""
+    unknown = sorted(set(adapters) - set(ADAPTERS))
+    if unknown:
+        raise ValueError(f"unknown adapter(s) {unknown}; choose from {list(ADAPTERS)}")
+    runs = [experiment(0, ft, adapter=adapter) for ft in finetune_seeds for adapter in adapters]
     runs += [experiment(0, ft, negative_at="masked") for ft in negative_seeds]
     runs += [experiment(0, ft, graphs=(graph,)) for ft in ablation_seeds for graph in GRAPH_NAMES]
     runs += [experiment(1, ft) for ft in second_base_seeds]
@@ -107,9 +127,29 @@ def dvc_set_arguments(overrides: dict[str, Any]) -> list[str]:
     return arguments
 
 
+def workspace_fingerprints() -> dict[str, str]:
+    """The tokenizer and the base model in the workspace, by their tensors' contents."""
+    from pipeline.shards import read_meta
+    from pipeline.weights import WEIGHTS_FILE, load_weights, tensor_fingerprint
+
+    return {"tokenizer": read_meta(layout.TOKENS_DIR).tokenizer_fingerprint,
+            "base": tensor_fingerprint(load_weights(layout.model_dir(layout.BASE) / WEIGHTS_FILE))}
+
+
+def fingerprint_conflicts(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Names of ``records`` on ``record``'s base seed whose tokenizer or base model differs from its
+    own (a record without fingerprints differs from every record with them)."""
+    seed = record["overrides"].get("seed")
+    return [other["name"] for other in records
+            if other["name"] != record["name"] and other["overrides"].get("seed") == seed
+            and other.get("fingerprints") != record.get("fingerprints")]
+
+
 def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, stages_run: list[str],
-                   commit: str, metrics_dir: Path = layout.METRICS_DIR) -> dict[str, Any]:
-    """The record of a finished experiment, from the metrics files it left in the workspace."""
+                   commit: str, metrics_dir: Path = layout.METRICS_DIR,
+                   fingerprints: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The record of a finished experiment, from the metrics files it left in the workspace
+    (``fingerprints``: :func:`workspace_fingerprints` unless given)."""
     def read(name: str) -> dict[str, Any]:
         return json.loads((metrics_dir / f"{name}.json").read_text())
 
@@ -118,6 +158,7 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
         "name": run.name,
         "overrides": run.overrides(scale),
         "code_commit": commit,
+        "fingerprints": dict(fingerprints if fingerprints is not None else workspace_fingerprints()),
         "seconds": round(seconds, 1),
         "stages_run": stages_run,
         "evaluation": {name: read(f"eval_{name}") for name in evaluated},

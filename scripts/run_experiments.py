@@ -1,11 +1,14 @@
 """Run the study behind reports/fashion_mnist.md, one `dvc exp run` after another; resumable.
 
     python scripts/run_experiments.py [--finetune-seeds 0 1 ... 9] [--second-base 0 1 2 3 4]
-        [--ablation 0 1 2] [--negative 0 1 2] [--preset configs/study.yaml] [--per-class N]
-        [--results reports/study] [--budget-min M] [--dry-run]
+        [--ablation 0 1 2] [--negative 0 1 2] [--adapters pipeline official]
+        [--preset configs/study.yaml] [--per-class N] [--results reports/study] [--budget-min M]
+        [--dry-run]
 
 The grid and its order are pipeline.study's: fine-tune seeds on base 0 first (the main
-comparison), then fusion.negative_at: masked, the one-graph ablation, and a second base seed.
+comparison, once per adapter in --adapters), then fusion.negative_at: masked, the one-graph
+ablation, and a second base seed. The study's series (README, "The study") are calls of this
+script with their own --results directory; `make study-adapters` and `make study-long` give them.
 Each experiment is a named `dvc exp run` with every setting of the study's scale (configs/study.yaml,
 or --preset) and every grid param set; `--per-class` overrides the scale's sample count (a quick
 look; its records are not comparable). Its record (settings, metrics
@@ -23,6 +26,11 @@ Then: python scripts/make_report.py.
 
 Run it on a clean checkout of a commit whose dvc.lock is current (`dvc repro` first): the code of
 the workspace is what every experiment runs.
+
+A record joins a series only when its tokenizer and base model are the very tensors of the series'
+other records on that base seed (their fingerprints): a base model trained on another CPU is
+another model. The runner stops at the first record that would break that, and keeps it aside as
+<results>/rejected/<name>.json.
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ from pathlib import Path
 from pipeline.config import ConfigError
 from pipeline.files import write_text
 from pipeline.study import (
+    ADAPTERS,
     STUDY_PRESET,
     collect_record,
     dvc_set_arguments,
+    fingerprint_conflicts,
     load_records,
     study_grid,
     study_scale,
@@ -92,6 +102,8 @@ def main() -> int:
                         help="fine-tune seeds of the one-graph ablation")
     parser.add_argument("--negative", type=int, nargs="*", default=list(range(3)),
                         help="fine-tune seeds with fusion.negative_at: masked")
+    parser.add_argument("--adapters", nargs="+", default=["pipeline"], choices=ADAPTERS,
+                        help="fusion.adapter values of the main comparison, each on every seed")
     parser.add_argument("--preset", default=str(STUDY_PRESET), help="the study's scale, a params overlay")
     parser.add_argument("--per-class", type=int, default=None, help="override the scale's sample.per_class")
     parser.add_argument("--results", default="reports/study")
@@ -107,7 +119,7 @@ def main() -> int:
         return 2
     if args.per_class is not None:
         scale["sample.per_class"] = args.per_class
-    runs = study_grid(args.finetune_seeds, args.second_base, args.ablation, args.negative)
+    runs = study_grid(args.finetune_seeds, args.second_base, args.ablation, args.negative, args.adapters)
     todo = [run for run in runs if not (results / f"{run.name}.json").is_file()]
     print(f"scale ({args.preset}): {' '.join(dvc_set_arguments(scale)[1::2])}")
     for run in runs:
@@ -142,8 +154,17 @@ def main() -> int:
             print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
             continue
         record = collect_record(run, scale, seconds, stages, commit)
-        results.mkdir(parents=True, exist_ok=True)
-        write_text(results / f"{run.name}.json", json.dumps(record, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(record, indent=2, sort_keys=True) + "\n"
+        conflicts = fingerprint_conflicts(record, load_records(results))
+        if conflicts:
+            write_text(results / "rejected" / f"{run.name}.json", text)
+            print(f"error: {run.name} ran on another tokenizer or base model ({record['fingerprints']}) than "
+                  f"{', '.join(conflicts)} in {results}: they cannot be paired. Run the series where its "
+                  f"records were made, or start a new --results directory. Kept aside in "
+                  f"{results / 'rejected'}.", file=sys.stderr)
+            failed.append(run.name)
+            break
+        write_text(results / f"{run.name}.json", text)
         finished += 1
     # Back to HEAD: the experiments live on as refs (`dvc exp show`) and as the records.
     subprocess.run(["git", "checkout", "--", "params.yaml", "dvc.lock", "metrics"], check=False)

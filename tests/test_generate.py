@@ -58,6 +58,6 @@ def test_clear_errors(workdir, tmp_path, capsys):  # noqa: F811
                   res_blocks=1)
     save_tokenizer(other, tmp_path / "other-tokenizer")
     assert main(["models/base", "--tokenizer", "other-tokenizer", "-o", "x.png"]) == 2
-    assert "is not the one this model was trained on" in capsys.readouterr().err
+    assert "this model was trained on the other one" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["models/base"])  # no output named

@@ -37,8 +37,31 @@ def test_grid_order_names_and_overrides():
     assert len(set(names)) == len(names)
     assert runs[-1].overrides(SCALE) == {"train.steps": 2500, "sample.per_class": 500, "seed": 1,
                                          "kamig.seed": 0, "fusion.graphs": list(GRAPH_NAMES),
-                                         "fusion.negative_at": "all"}
+                                         "fusion.negative_at": "all", "fusion.adapter": "pipeline"}
     assert experiment(0, 2, graphs=("similarity",)).overrides({})["fusion.graphs"] == ["similarity"]
+
+
+def test_each_adapter_runs_every_main_seed_back_to_back():
+    runs = study_grid([0, 1], adapters=("pipeline", "official"))
+    assert [run.name for run in runs] == ["b0-f0", "b0-f0-official", "b0-f1", "b0-f1-official"]
+    assert runs[1].overrides({})["fusion.adapter"] == "official" and runs[1].finetune_seed == 0
+    with pytest.raises(ValueError, match="ours"):
+        study_grid([0], adapters=("ours",))
+
+
+def test_records_pair_only_on_the_same_tokenizer_and_base_model():
+    from pipeline.study import fingerprint_conflicts
+
+    def record(name, seed, base):
+        return {"name": name, "overrides": {"seed": seed}, "fingerprints": {"tokenizer": "t", "base": base}}
+
+    here = [record("b0-f0", 0, "A"), record("b0-f0-official", 0, "A"), record("b1-f0", 1, "B")]
+    assert fingerprint_conflicts(record("b0-f1", 0, "A"), here) == []
+    # A base retrained elsewhere; a record from before fingerprints (none) pairs with nothing.
+    assert fingerprint_conflicts(record("b0-f1", 0, "C"), here) == ["b0-f0", "b0-f0-official"]
+    legacy = {"name": "b0-f1", "overrides": {"seed": 0}}
+    assert fingerprint_conflicts(legacy, here) == ["b0-f0", "b0-f0-official"]
+    assert fingerprint_conflicts(record("b1-f1", 1, "B"), here) == []
 
 
 def test_the_study_scale_is_the_committed_preset_as_dvc_keys():
@@ -68,7 +91,7 @@ def test_a_preset_with_a_typo_or_a_grid_key_fails_before_any_experiment(tmp_path
 
 def test_dvc_arguments_set_every_key_with_lists_in_yaml_form():
     arguments = dvc_set_arguments(experiment(0, 3, negative_at="masked").overrides(SCALE))
-    assert arguments[::2] == ["-S"] * 6 and "train.steps=2500" in arguments
+    assert arguments[::2] == ["-S"] * 7 and "train.steps=2500" in arguments
     assert "fusion.graphs=[cooccurrence,similarity,incompatibility]" in arguments
     assert "fusion.negative_at=masked" in arguments and "kamig.seed=3" in arguments
 
@@ -80,8 +103,10 @@ def test_a_record_holds_every_variant_and_floor(tmp_path):
         (tmp_path / f"train_{name}.json").write_text("{}")
         (tmp_path / f"sample_{name}.json").write_text(json.dumps({"seconds": 1.0}))
     (tmp_path / "graphs.json").write_text("{}")
-    record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path)
+    record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path,
+                            fingerprints={"tokenizer": "t0", "base": "b0"})
     assert record["evaluation"]["recon"] == {"fid": 5} and record["evaluation"]["permuted"] == {"fid": 8}
+    assert record["fingerprints"] == {"tokenizer": "t0", "base": "b0"}
     assert record["seconds"] == 12.3 and record["overrides"]["kamig.seed"] == 1
     assert record["overrides"]["sample.per_class"] == 500
 
@@ -163,3 +188,18 @@ def test_warm_start_takes_only_the_lock_and_metrics_of_the_newest_matching_ref(t
     assert (tmp_path / "code.py").read_text() == "new code"
     # The index keeps HEAD, so the runner's closing `git checkout -- dvc.lock metrics` returns to it.
     assert _git(tmp_path, "diff", "--cached", "--name-only") == ""
+
+
+def test_workspace_fingerprints_are_the_tokens_tokenizer_and_the_base_tensors(tmp_path, monkeypatch):
+    import torch
+
+    from pipeline.shards import TokenMeta, write_meta
+    from pipeline.study import workspace_fingerprints
+    from pipeline.weights import WEIGHTS_FILE, save_weights, tensor_fingerprint
+
+    monkeypatch.chdir(tmp_path)
+    write_meta(layout.TOKENS_DIR, TokenMeta(grid_h=2, grid_w=2, codebook_size=8, num_classes=2,
+                                            tokenizer_fingerprint="tok123"))
+    weights = {"head.weight": torch.arange(6.0).reshape(2, 3), "pos": torch.ones(4)}
+    save_weights(weights, layout.model_dir(layout.BASE) / WEIGHTS_FILE)
+    assert workspace_fingerprints() == {"tokenizer": "tok123", "base": tensor_fingerprint(weights)}

@@ -32,7 +32,6 @@ import pyarrow as pa
 
 from pipeline import layout
 from pipeline.config import GraphsConfig
-from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir, write_json
 from pipeline.graphs.cooccurrence import cooccurrence_table
 from pipeline.graphs.counting import CorpusCounts, count_corpus
@@ -236,14 +235,10 @@ def _picture(cfg: GraphsConfig, paths: StagePaths, fingerprint: str, counts: Cor
         return
     # Imported here: only the picture needs torch and the tokenizer implementations.
     from pipeline.graphs import pictures
-    from pipeline.tokenizer.base import tokenizer_fingerprint
     from pipeline.tokenizer.registry import load_tokenizer
 
-    tokenizer = load_tokenizer(paths.tokenizer_dir)
-    found = tokenizer_fingerprint(paths.tokenizer_dir)
-    if found != fingerprint:
-        raise PipelineError(f"tokenizer {paths.tokenizer_dir} has fingerprint {found}, but the tokens were "
-                            f"made by {fingerprint}: re-run `dvc repro tokenize`")
+    tokenizer = load_tokenizer(paths.tokenizer_dir, expected_fingerprint=fingerprint,
+                               hint="re-run `dvc repro tokenize`")
     # Frequent but not flat: the most frequent patches are background (see pictures).
     detail = pictures.measure_detail(tokenizer, counts.token_totals) if cfg.num_examples else None
     tokens = pictures.choose_example_tokens(counts.token_totals, cfg.num_examples, detail)

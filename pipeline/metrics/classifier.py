@@ -13,7 +13,7 @@ about 3.2 M multiply-adds per image, and 1500 steps of 128 images reach ~92% val
 Fashion-MNIST in under a minute on 2 cores.
 
 On disk (``models/classifier/``): ``config.json`` (constructor arguments, val accuracy) and
-``model.pt`` (state dict).
+``model.safetensors`` (the state dict, :mod:`pipeline.weights`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from pipeline.config import ClassifierConfig, Config
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 from pipeline.progress import progress_bar
+from pipeline.weights import WEIGHTS_FILE, load_weights, save_weights
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
 POOLED_SIDE = 7
 
 
@@ -187,7 +187,7 @@ def save_classifier(
 ) -> None:
     config = {"spec": asdict(model.spec), **(extra or {})}
     with atomic_dir(directory) as tmp:
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp / WEIGHTS_FILE)
+        save_weights(model.state_dict(), tmp / WEIGHTS_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
@@ -200,7 +200,7 @@ def load_classifier(directory: str | Path, device: str | torch.device = "cpu") -
         )
     try:
         spec = ClassifierSpec(**json.loads(config_path.read_text())["spec"])
-        state = torch.load(directory / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        state = load_weights(directory / WEIGHTS_FILE)
         model = DomainClassifier(spec)
         model.load_state_dict(state, strict=True)
     except (OSError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as exc:

@@ -52,16 +52,13 @@ def decoded_batches(
 def _sample_features(cfg: Config, variant: str, classifier: DomainClassifier,
                      inception: InceptionExtractor | None, state: PartialState,
                      is_net: PtInceptionExtractor | None = None) -> FeatureSet | None:
-    from pipeline.tokenizer.base import tokenizer_fingerprint
     from pipeline.tokenizer.registry import load_tokenizer
 
     samples_dir = layout.samples_dir(variant)
     split = load_split(samples_dir / layout.SAMPLES_SPLIT)
-    if tokenizer_fingerprint(layout.TOKENIZER_DIR) != split.meta.tokenizer_fingerprint:
-        raise PipelineError(
-            f"{samples_dir} was sampled with another tokenizer than {layout.TOKENIZER_DIR}: re-run dvc repro"
-        )
-    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device)
+    tokenizer = load_tokenizer(layout.TOKENIZER_DIR, state.device,
+                               expected_fingerprint=split.meta.tokenizer_fingerprint,
+                               hint=f"{samples_dir} was sampled with another one: re-run `dvc repro`")
     return extract_shared(
         lambda items: decoded_batches(tokenizer, split.tokens[items.start : items.stop],
                                       split.labels[items.start : items.stop], cfg.eval.batch_size,

@@ -177,17 +177,15 @@ def sample_variant(cfg: Config, variant: str, meta: TokenMeta, state: PartialSta
     order, the others None."""
     from pipeline.launch import batch_share, gather_parts
     from pipeline.model.generators import load_generator
-    from pipeline.tokenizer.base import tokenizer_fingerprint
+    from pipeline.tokenizer.registry import load_tokenizer
 
     if variant not in layout.GENERATOR_VARIANTS:
         raise PipelineError(f"unknown variant {variant!r}; choose one of {list(layout.GENERATOR_VARIANTS)}")
     device = state.device
     model = load_generator(layout.model_dir(variant), device, expected_meta=meta)
     model.precompute()
-    if tokenizer_fingerprint(layout.TOKENIZER_DIR) != meta.tokenizer_fingerprint:
-        raise PipelineError(
-            f"{layout.TOKENIZER_DIR} is not the tokenizer that produced {layout.TOKENS_DIR}: re-run dvc repro"
-        )
+    # Before the work: the grid decodes the samples with this tokenizer.
+    load_tokenizer(layout.TOKENIZER_DIR, expected_fingerprint=meta.tokenizer_fingerprint)
 
     batches, _ = batch_share(meta.num_classes * cfg.sample.per_class, cfg.sample.batch_size, state)
     part = generate_samples(

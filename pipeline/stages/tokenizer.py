@@ -1,6 +1,6 @@
 """Stage ``tokenizer``: train the VQ-VAE (``tokenizer.kind: train``) or import the MaskGIT VQGAN.
 
-Writes ``models/tokenizer/`` (config.json + model.pt), ``metrics/tokenizer.json`` (reconstruction
+Writes ``models/tokenizer/`` (config.json + model.safetensors), ``metrics/tokenizer.json`` (reconstruction
 and codebook statistics on val, and the fingerprint every token shard records) and
 ``metrics/plots/tokenizer_recon.png`` (originals above their reconstructions). The work is
 :func:`pipeline.tokenizer.train.fit_tokenizer`.

@@ -2,15 +2,15 @@
 
 A tokenizer maps images (B, C, H, W) with pixels in [0, 1] to row-major token sequences
 (B, grid_h * grid_w) of ints in [0, codebook_size), and back. ``models/tokenizer/`` holds
-``config.json`` (``kind`` plus the constructor arguments) and ``model.pt`` (a state dict), read
-back by :func:`pipeline.tokenizer.registry.load_tokenizer`; the
-fingerprint of that pair is recorded in every token shard, so tokens are never decoded by a
-different tokenizer than the one that produced them.
+``config.json`` (``kind`` plus the constructor arguments) and ``model.safetensors`` (the state
+dict, :mod:`pipeline.weights`), read back by :func:`pipeline.tokenizer.registry.load_tokenizer`.
+The fingerprint of the pair (the architecture and the tensors' contents, not the file's bytes) is
+recorded in every token shard, so tokens are never decoded by a different tokenizer than the one
+that produced them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from pipeline.files import atomic_path
+from pipeline.weights import WEIGHTS_FILE, load_weights, save_weights, tensor_fingerprint
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
 
 
 class Tokenizer(nn.Module, ABC):
@@ -68,11 +68,10 @@ class Tokenizer(nn.Module, ABC):
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, extra: dict[str, Any] | None = None) -> str:
-    """Write config.json and model.pt into ``directory``; return the fingerprint."""
+    """Write config.json and model.safetensors into ``directory``; return the fingerprint."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        torch.save(tokenizer.state_dict(), tmp)
+    save_weights(tokenizer.state_dict(), directory / WEIGHTS_FILE)
     config = {
         "kind": tokenizer.kind,
         "args": tokenizer.init_args(),
@@ -88,12 +87,13 @@ def save_tokenizer(tokenizer: Tokenizer, directory: str | Path, extra: dict[str,
 
 
 def tokenizer_fingerprint(directory: str | Path) -> str:
-    """sha256 over the architecture arguments and the weights: the tokenizer's identity."""
+    """The identity of the tokenizer saved in ``directory``: see :func:`fingerprint_of`."""
     directory = Path(directory)
     config = json.loads((directory / CONFIG_FILE).read_text())
-    digest = hashlib.sha256()
-    digest.update(json.dumps({"kind": config["kind"], "args": config["args"]}, sort_keys=True).encode())
-    with open(directory / WEIGHTS_FILE, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    return fingerprint_of(config, load_weights(directory / WEIGHTS_FILE))
+
+
+def fingerprint_of(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """sha256 over the architecture (``kind``, ``args``) and the tensors' contents."""
+    architecture = json.dumps({"kind": config["kind"], "args": config["args"]}, sort_keys=True)
+    return tensor_fingerprint(state, extra=architecture.encode())
