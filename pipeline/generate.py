@@ -36,6 +36,7 @@ from pipeline.errors import DataSourceError, PipelineError
 from pipeline.images import render_grid, save_png
 from pipeline.model.generators import load_generator
 from pipeline.sampling.generate import decode_images, generate_tokens, model_logits
+from pipeline.shards import TokenMeta
 from pipeline.tokenizer.registry import load_tokenizer
 
 
@@ -57,15 +58,18 @@ def sample_settings(params: Path, strategy: Path | None, overrides: dict[str, An
     return settings
 
 
-def class_names(num_classes: int) -> list[str]:
-    """Readable class names when the prepare stage left them for this many classes, else ids."""
+def class_names(meta: TokenMeta) -> list[str]:
+    """The names the model recorded with its tokens; else the prepare stage's, when it left as many;
+    else the class ids."""
     from pipeline.data import read_class_names
 
+    if meta.class_names:
+        return list(meta.class_names)
     try:
         names = read_class_names()
     except DataSourceError:
-        return [str(i) for i in range(num_classes)]
-    return names if len(names) == num_classes else [str(i) for i in range(num_classes)]
+        return [str(i) for i in range(meta.num_classes)]
+    return names if len(names) == meta.num_classes else [str(i) for i in range(meta.num_classes)]
 
 
 def resolve_class(value: str, names: list[str]) -> int:
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "give models/<variant> or a directory written by pipeline.model.convert")
         model = load_generator(args.model_dir, device)
         tokenizer = checked_tokenizer(args.tokenizer, model.token_meta.tokenizer_fingerprint, device)
-        names = class_names(model.num_classes)
+        names = class_names(model.token_meta)
         classes = [resolve_class(c, names) for c in args.classes] or list(range(model.num_classes))
         labels = torch.tensor(classes).repeat_interleave(settings.per_class)
         seed = settings.seed if args.seed is None else args.seed

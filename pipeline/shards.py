@@ -2,13 +2,15 @@
 
 Layout of a token directory (``data/tokens`` for real data, ``data/samples/<variant>`` for samples)::
 
-    meta.json                    grid_h, grid_w, codebook_size, num_classes, tokenizer_fingerprint
+    meta.json                    grid_h, grid_w, codebook_size, num_classes, tokenizer_fingerprint,
+                                 class_names (readable labels; empty when the source has none)
     train/part-00000.parquet     image_id int64, label int32, tokens fixed_size_list<int32>[grid_h*grid_w]
     val/part-00000.parquet       ... (row-major tokens, ``shard_size`` rows per shard, zstd)
 
-Each shard also carries the meta fields as Parquet key-value metadata (prefixed ``kamig.``), so a
-single shard is self-describing. Shards are written whole (one row group each), which makes the
-bytes independent of the tokenisation batch size and of how many processes wrote them.
+Each shard also carries the meta fields as Parquet key-value metadata (prefixed ``kamig.``; the
+class names as a JSON list), so a single shard is self-describing. Shards are written whole (one
+row group each), which makes the bytes independent of the tokenisation batch size and of how many
+processes wrote them.
 """
 
 from __future__ import annotations
@@ -37,13 +39,29 @@ class TokenMeta:
     codebook_size: int
     num_classes: int
     tokenizer_fingerprint: str
+    # The labels' names, so that every model and sample set written from these tokens can name its
+    # classes without the data; () where the source names none (and in metas written before).
+    class_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))  # a JSON list reads back equal
+        if self.class_names and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
 
     @property
     def seq_len(self) -> int:
         return self.grid_h * self.grid_w
 
+    def class_labels(self) -> list[str]:
+        """Each class as "<id> <name>", or as "<id>" where no names are recorded."""
+        if self.class_names:
+            return [f"{i} {name}" for i, name in enumerate(self.class_names)]
+        return [str(i) for i in range(self.num_classes)]
+
     def to_parquet_metadata(self) -> dict[bytes, bytes]:
-        return {f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in asdict(self).items()}
+        fields = asdict(self)
+        fields["class_names"] = json.dumps(list(self.class_names))
+        return {f"{META_PREFIX}{k}".encode(): str(v).encode() for k, v in fields.items()}
 
     @classmethod
     def from_parquet_metadata(cls, metadata: dict[bytes, bytes] | None, where: str) -> TokenMeta:
@@ -60,7 +78,8 @@ class TokenMeta:
             if raw is None:
                 raise ShardError(f"{where}: missing Parquet metadata key '{META_PREFIX}{name}'")
             values[name] = kind(raw.decode())
-        return cls(**values)
+        names = metadata.get(f"{META_PREFIX}class_names".encode())
+        return cls(**values, class_names=tuple(json.loads(names)) if names else ())
 
 
 def token_schema(meta: TokenMeta) -> pa.Schema:
@@ -162,7 +181,7 @@ def read_meta(directory: str | Path) -> TokenMeta:
         raise ShardError(f"{path} not found: run the stage that writes these tokens (dvc repro)")
     try:
         return TokenMeta(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise ShardError(f"{path} is not a valid token meta file: {exc}") from exc
 
 

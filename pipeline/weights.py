@@ -23,12 +23,13 @@ from pipeline.files import atomic_path
 WEIGHTS_FILE = "model.safetensors"
 
 
-def save_weights(state: Mapping[str, torch.Tensor], path: str | Path) -> None:
-    """Atomically write ``state`` (a state dict) as safetensors."""
+def save_weights(state: Mapping[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Atomically write ``state`` (a state dict) as safetensors, with string ``metadata``."""
     # safetensors stores each tensor once: contiguous CPU copies, shared storage split.
     tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in state.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(tensors, str(tmp), metadata=metadata)
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:

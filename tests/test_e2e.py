@@ -50,6 +50,12 @@ def test_repro_runs_every_stage_and_writes_the_contract(repo):
     flat = train["tokens"].explode()
     assert flat.min() >= 0 and flat.max() < meta["codebook_size"]
     assert pl.scan_parquet(str(path / "data/tokens/val/*.parquet")).collect().height == 128
+    # The class names travel with the tokens into every model, for `python -m pipeline.generate`.
+    names = json.loads((path / "data/prepared/classes.json").read_text())
+    assert meta["class_names"] == names and len(names) == meta["num_classes"]
+    for model in ("base", "kamig"):
+        config = json.loads((path / f"models/{model}/config.json").read_text())
+        assert config["tokens"]["class_names"] == names
     for variant in ("base", "control", "permuted", "kamig", "real", "recon"):
         metrics = json.loads((path / f"metrics/eval_{variant}.json").read_text())
         assert set(metrics) == EVAL_KEYS

@@ -61,8 +61,23 @@ def test_schema_metadata_and_compression(tmp_path):
     assert isinstance(schema.field("tokens").type, pa.FixedSizeListType)
     metadata = {k.decode(): v.decode() for k, v in schema.metadata.items() if k.startswith(b"kamig.")}
     assert metadata == {"kamig.grid_h": "3", "kamig.grid_w": "2", "kamig.codebook_size": "16",
-                        "kamig.num_classes": "4", "kamig.tokenizer_fingerprint": "abc123"}
+                        "kamig.num_classes": "4", "kamig.tokenizer_fingerprint": "abc123",
+                        "kamig.class_names": "[]"}
     assert handle.metadata.row_group(0).column(2).compression == "ZSTD"
+
+
+def test_class_names_travel_with_the_tokens(tmp_path):
+    named = TokenMeta(grid_h=3, grid_w=2, codebook_size=16, num_classes=2, tokenizer_fingerprint="abc123",
+                      class_names=["T-shirt/top", "Ankle \"boot\""])
+    write_meta(tmp_path, named)
+    with ShardWriter(tmp_path / "train", named, shard_size=5) as writer:
+        writer.add(np.array([0, 1]), np.array([0, 1], dtype=np.int32), np.zeros((2, 6), dtype=np.int32))
+    assert read_meta(tmp_path) == named and named.class_names == ("T-shirt/top", 'Ankle "boot"')
+    assert load_split(tmp_path / "train").meta == named  # the shards' own metadata too
+    assert named.class_labels() == ["0 T-shirt/top", '1 Ankle "boot"']
+    assert META.class_labels() == ["0", "1", "2", "3"]
+    with pytest.raises(ValueError, match="3 class names for 2 classes"):
+        TokenMeta(3, 2, 16, 2, "abc123", class_names=("a", "b", "c"))
 
 
 def test_polars_reads_the_glob(tmp_path):

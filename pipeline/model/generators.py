@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from pipeline.config import FusionConfig, replace
 from pipeline.errors import PipelineError
@@ -30,6 +29,7 @@ from pipeline.model.official import OfficialAdapter, OfficialGraphs
 from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.shards import TokenMeta
+from pipeline.weights import load_weights
 
 Graphs = KnowledgeGraphs | OfficialGraphs
 
@@ -83,10 +83,7 @@ def load_generator(
     weights = model_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise PipelineError(f"{weights} not found: train the model first (dvc repro)")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise PipelineError(f"cannot read {weights}: {exc}") from exc
+    state = load_weights(weights)
 
     spec = spec_from_architecture(config["architecture"])
     fusion, graphs = None, None

@@ -21,8 +21,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from pipeline.config import ModelConfig
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
@@ -30,8 +28,8 @@ from pipeline.model.adapter import Adapter
 from pipeline.model.transformer import GeneratorSpec, MaskGIT
 from pipeline.model.uvit import UViT, UViTSpec
 from pipeline.shards import TokenMeta
+from pipeline.weights import WEIGHTS_FILE, save_weights
 
-WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 
@@ -73,9 +71,8 @@ def save_generator(model: MaskGIT, directory: str | Path, *, variant: str, token
         "adapter": None if adapter is None else adapter.config_dict(),
         "tokens": asdict(token_meta),
     }
-    state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     with atomic_dir(directory) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": str(FORMAT_VERSION)})
+        save_weights(model.state_dict(), tmp / WEIGHTS_FILE, metadata={"format": str(FORMAT_VERSION)})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 

@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline import layout
 from pipeline.config import Config, SampleConfig
-from pipeline.errors import DataSourceError, PipelineError
+from pipeline.errors import PipelineError
 from pipeline.files import atomic_dir
 from pipeline.images import grid_classes, grid_selection, quantize, render_grid
 from pipeline.progress import progress_bar
@@ -218,22 +218,8 @@ def sample_grid(
     columns = min(sample_cfg.grid_columns, sample_cfg.per_class)
     chosen = grid_selection(samples.labels, classes, columns)
     pixels = decode_images(tokenizer, samples.tokens[chosen], device, batch_size=max(1, len(chosen)))
-    names = class_names_or_ids(meta.num_classes)
-    return render_grid(pixels.reshape(len(classes), columns, *pixels.shape[1:]), [names[c] for c in classes])
-
-
-def class_names_or_ids(num_classes: int) -> list[str]:
-    from pipeline.data import read_class_names
-
-    try:
-        names = read_class_names()
-    except DataSourceError as exc:
-        log.warning("no class names (%s); labelling grid rows by class id", exc)
-        return [str(i) for i in range(num_classes)]
-    if len(names) != num_classes:
-        log.warning("%d class names for %d classes; labelling grid rows by class id", len(names), num_classes)
-        return [str(i) for i in range(num_classes)]
-    return [f"{i} {name}" for i, name in enumerate(names)]
+    labels = meta.class_labels()
+    return render_grid(pixels.reshape(len(classes), columns, *pixels.shape[1:]), [labels[c] for c in classes])
 
 
 def throughput(sample_cfg: SampleConfig, samples: Samples, device: torch.device) -> dict[str, Any]:

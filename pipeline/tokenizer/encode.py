@@ -37,12 +37,14 @@ SPLITS = ("train", "val")
 
 def token_meta(tokenizer_dir: Path = layout.TOKENIZER_DIR) -> TokenMeta:
     """The layout of the tokens this tokenizer produces, with its fingerprint."""
-    from pipeline.data import num_classes
+    from pipeline.data import read_class_names
 
     tokenizer = load_tokenizer(tokenizer_dir)
     grid_h, grid_w = tokenizer.grid
+    names = read_class_names()
     return TokenMeta(grid_h=grid_h, grid_w=grid_w, codebook_size=tokenizer.codebook_size,
-                     num_classes=num_classes(), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer_dir))
+                     num_classes=len(names), tokenizer_fingerprint=tokenizer_fingerprint(tokenizer_dir),
+                     class_names=tuple(names))
 
 
 def encode_split(cfg: Config, split: str, meta: TokenMeta, out_dir: Path, state: PartialState) -> int:
