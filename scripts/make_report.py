@@ -4,7 +4,7 @@
         [--sampling-noise reports/sampling_noise.json]
 
 Reads every record that `python scripts/run_experiments.py` wrote (one JSON per experiment, all
-variants and floors scored) and renders the paired comparison with pipeline.report, with the
+variants and floors scored) and renders the paired comparison with study.report, with the
 sampling noise measured by scripts/sampling_noise.py when reports/sampling_noise.json exists. The records
 are committed, so the report can be rebuilt from a clean clone without re-running anything.
 """
@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from pipeline.files import write_text
-from pipeline.report import render_report
-from pipeline.study import load_records
+from study.grid import load_records
+from study.report import render_report
 
 
 def main() -> int:

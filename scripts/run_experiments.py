@@ -5,7 +5,7 @@
         [--preset configs/study.yaml] [--per-class N] [--results reports/study] [--budget-min M]
         [--dry-run]
 
-The grid and its order are pipeline.study's: fine-tune seeds on base 0 first (the main
+The grid and its order are study.grid's: fine-tune seeds on base 0 first (the main
 comparison, once per adapter in --adapters), then fusion.negative_at: masked, the one-graph
 ablation, and a second base seed. The study's series (README, "The study") are calls of this
 script with their own --results directory; `make study-adapters` and `make study-long` give them.
@@ -45,7 +45,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError
 from pipeline.files import write_text
-from pipeline.study import (
+from study.grid import (
     ADAPTERS,
     STUDY_PRESET,
     collect_record,

@@ -6,7 +6,7 @@
 Each variant samples ``--per-class`` images per class with each sampling seed (params.yaml's other
 ``sample.*`` settings), and their domain-classifier features are scored against ``data/reference``
 exactly like ``evaluate@<variant>``. Each draw is split into disjoint class-balanced subsets of
-every ``--size`` (pipeline.noise): the sd of their FIDs is the sampling noise at that size, beside
+every ``--size`` (study.noise): the sd of their FIDs is the sampling noise at that size, beside
 the mean bootstrap SE, and the same subsets of the first two variants give the noise of their
 paired difference. The features of each draw are kept in ``data/sampling_noise/`` with the
 model's fingerprint, so an interrupted run resumes and a re-trained model is sampled afresh.
@@ -36,10 +36,10 @@ from pipeline.files import atomic_path, write_text
 from pipeline.metrics import FeatureSet, load_reference
 from pipeline.metrics.evaluation import decoded_batches
 from pipeline.metrics.extraction import extract_shared, extractors
-from pipeline.noise import Draw, noise_table
 from pipeline.sampling.generate import sample_variant
 from pipeline.shards import read_meta
 from pipeline.tokenizer.registry import load_tokenizer
+from study.noise import Draw, noise_table
 
 CACHE = layout.DATA_DIR / "sampling_noise"
 

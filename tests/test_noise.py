@@ -1,4 +1,4 @@
-"""FID's sampling noise from disjoint draws (pipeline.noise, scripts/sampling_noise.py)."""
+"""FID's sampling noise from disjoint draws (study.noise, scripts/sampling_noise.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.metrics.fid import feature_stats
-from pipeline.noise import Draw, balanced_disjoint_subsets, noise_table
+from study.noise import Draw, balanced_disjoint_subsets, noise_table
 from tests.helpers import REPO_ROOT
 
 CLASSES = 4

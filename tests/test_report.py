@@ -1,4 +1,4 @@
-"""The study report (pipeline.report): selection, paired statistics and the three-way conclusion."""
+"""The study report (study.report): selection, paired statistics and the three-way conclusion."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from pipeline.report import Estimate, contrast, difference, matched, render_report, select, verdict
-from pipeline.study import experiment
+from study.grid import experiment
+from study.report import Estimate, contrast, difference, matched, render_report, select, verdict
 
 
 def _record(ft: int, fids: dict[str, float], base: int = 0, graphs=None, negative_at: str = "all") -> dict:

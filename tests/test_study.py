@@ -1,4 +1,4 @@
-"""The study's grid, its records and the resumable runner (pipeline.study, scripts/run_experiments.py)."""
+"""The study's grid, its records and the resumable runner (study.grid, scripts/run_experiments.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 
 from pipeline import layout
 from pipeline.config import ConfigError
-from pipeline.study import (
+from study.grid import (
     GRAPH_NAMES,
     STUDY_PRESET,
     collect_record,
@@ -50,7 +50,7 @@ def test_each_adapter_runs_every_main_seed_back_to_back():
 
 
 def test_records_pair_only_on_the_same_tokenizer_and_base_model():
-    from pipeline.study import fingerprint_conflicts
+    from study.grid import fingerprint_conflicts
 
     def record(name, seed, base):
         return {"name": name, "overrides": {"seed": seed}, "fingerprints": {"tokenizer": "t", "base": base}}
@@ -194,8 +194,8 @@ def test_workspace_fingerprints_are_the_tokens_tokenizer_and_the_base_tensors(tm
     import torch
 
     from pipeline.shards import TokenMeta, write_meta
-    from pipeline.study import workspace_fingerprints
     from pipeline.weights import WEIGHTS_FILE, save_weights, tensor_fingerprint
+    from study.grid import workspace_fingerprints
 
     monkeypatch.chdir(tmp_path)
     write_meta(layout.TOKENS_DIR, TokenMeta(grid_h=2, grid_w=2, codebook_size=8, num_classes=2,
