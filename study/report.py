@@ -19,6 +19,7 @@ settle it.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -48,12 +49,25 @@ def overrides(record: Record) -> dict[str, Any]:
 
 
 def select(records: Iterable[Record], base: int = 0, graphs: Sequence[str] = GRAPHS,
-           negative_at: str = "all") -> list[Record]:
-    """The replicates of one design cell, ordered by fine-tune seed."""
+           negative_at: str = "all", adapter: str = "pipeline") -> list[Record]:
+    """The replicates of one design cell, ordered by fine-tune seed (records from before the official
+    adapter existed are this pipeline's). They must share one tokenizer and base model."""
     chosen = [r for r in records if overrides(r)["seed"] == base
               and tuple(overrides(r)["fusion.graphs"]) == tuple(graphs)
-              and overrides(r)["fusion.negative_at"] == negative_at]
+              and overrides(r)["fusion.negative_at"] == negative_at
+              and overrides(r).get("fusion.adapter", "pipeline") == adapter]
+    require_same_models(chosen)
     return sorted(chosen, key=lambda r: overrides(r)["kamig.seed"])
+
+
+def require_same_models(records: Sequence[Record]) -> None:
+    """Refuse to compare records made on different tokenizers or base models (their fingerprints;
+    records from before fingerprints carry none, and compare only among themselves)."""
+    kinds = {json.dumps(r.get("fingerprints"), sort_keys=True) for r in records}
+    if len(kinds) > 1:
+        names = ", ".join(f"{r['name']} {r.get('fingerprints')}" for r in records)
+        raise ValueError(f"these records ran on different tokenizers or base models and cannot be paired: "
+                         f"{names}")
 
 
 def fid(record: Record, variant: str) -> float:
@@ -92,15 +106,15 @@ def verdict(effect: Estimate, reference: float, target: float = TARGET_EFFECT) -
 # --------------------------------------------------------------------------------------------
 
 
-def _row(cells: Iterable[str]) -> str:
+def row_line(cells: Iterable[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    return [row_line(header), row_line(["---"] * len(header)), *(row_line(r) for r in rows)]
 
 
-def _with_ci(e: Estimate, digits: int = 2) -> str:
+def with_ci(e: Estimate, digits: int = 2) -> str:
     if e.n == 0:
         return "–"
     if e.n == 1 or e.sd == 0:  # e.g. the base model's samples, the same in every replicate
@@ -108,18 +122,18 @@ def _with_ci(e: Estimate, digits: int = 2) -> str:
     return f"{e.mean:.{digits}f} ± {e.half_width:.{digits}f}"
 
 
-def _variant_table(records: Sequence[Record]) -> list[str]:
+def variant_table(records: Sequence[Record]) -> list[str]:
     rfid = mean_fid(records, "recon")
     rows = []
     for name in (*VARIANTS, *FLOORS):
         metric = lambda key, n=name: estimate(r["evaluation"][n].get(key) for r in records)  # noqa: E731
-        gap = "–" if name in FLOORS else _with_ci(estimate(fid(r, name) - fid(r, "recon") for r in records))
-        rows.append([LABELS[name], _with_ci(metric("fid")), gap, f"{metric('fid_se').mean:.2f}",
+        gap = "–" if name in FLOORS else with_ci(estimate(fid(r, name) - fid(r, "recon") for r in records))
+        rows.append([LABELS[name], with_ci(metric("fid")), gap, f"{metric('fid_se').mean:.2f}",
                      f"{metric('fid').sd:.2f}" if len(records) > 1 else "–",
                      f"{metric('precision').mean:.3f}", f"{metric('recall').mean:.3f}",
                      f"{metric('class_accuracy').mean:.3f}"])
     return [f"rFID (the tokenizer floor) is {rfid:.2f}: no generator of these tokens can score below it.",
-            "", *_table(["variant", "FID ± 95% CI", "gFID − rFID", "bootstrap SE", "sd over seeds",
+            "", *table(["variant", "FID ± 95% CI", "gFID − rFID", "bootstrap SE", "sd over seeds",
                          "precision", "recall", "class accuracy"], rows)]
 
 
@@ -129,7 +143,7 @@ CONTRASTS = (("knowledge", "kamig", "permuted"), ("capacity", "permuted", "contr
              ("the paper's", "kamig", "base"))
 
 
-def _contrast_rows(records: Sequence[Record]) -> list[list[str]]:
+def contrast_rows(records: Sequence[Record]) -> list[list[str]]:
     rows = []
     for label, minuend, subtrahend in CONTRASTS:
         effect = contrast(records, minuend, subtrahend)
@@ -159,19 +173,19 @@ def _noise_lines(records: Sequence[Record]) -> list[str]:
         cells = [name]
         for size in sizes:
             subset = (r["evaluation"][name]["fid_subsets"].get(str(size)) for r in records)
-            cells.append(_with_ci(estimate(subset)))
-        cells += [_with_ci(estimate(fid(r, name) for r in records)),
+            cells.append(with_ci(estimate(subset)))
+        cells += [with_ci(estimate(fid(r, name) for r in records)),
                   f"{estimate(r['evaluation'][name]['fid_se'] for r in records).mean:.2f}"]
         rows.append(cells)
-    knowledge = [_with_ci(estimate(r["evaluation"]["kamig"]["fid_subsets"].get(str(s), math.nan)
+    knowledge = [with_ci(estimate(r["evaluation"]["kamig"]["fid_subsets"].get(str(s), math.nan)
                                    - r["evaluation"]["permuted"]["fid_subsets"].get(str(s), math.nan)
                                    for r in records)) for s in sizes]
-    rows.append(["kamig − permuted", *knowledge, _with_ci(contrast(records, "kamig", "permuted")), "–"])
+    rows.append(["kamig − permuted", *knowledge, with_ci(contrast(records, "kamig", "permuted")), "–"])
     return ["Every score at n images is biased upward by an amount that shrinks like 1/n; the columns "
             "below score nested uniform subsets of the same samples (`fid_subsets` in "
             "`metrics/eval_*.json`), mean ± 95% CI over the replicates. The bootstrap SE is the noise "
             "of one score from the particular images drawn; the spread over fine-tune seeds adds the "
-            "training noise.", "", *_table(header, rows)]
+            "training noise.", "", *table(header, rows)]
 
 
 def _sampling_noise_lines(noise: dict[str, Any] | None) -> list[str]:
@@ -194,7 +208,7 @@ def _sampling_noise_lines(noise: dict[str, Any] | None) -> list[str]:
             "subset is an independent draw, so the sd of their FIDs is the measured sampling noise at n; "
             "the bootstrap SE is the estimate one score gives of it. The contrast uses the same subsets of "
             "both variants (the same Gumbel noise).", "",
-            *_table(["variant", "n", "disjoint draws", "mean FID", "sd over draws", "bootstrap SE"], rows)]
+            *table(["variant", "n", "disjoint draws", "mean FID", "sd over draws", "bootstrap SE"], rows)]
 
 
 def matched(cell: Sequence[Record], reference: Sequence[Record], variant: str = "kamig") -> Estimate:
@@ -202,8 +216,10 @@ def matched(cell: Sequence[Record], reference: Sequence[Record], variant: str = 
     model, the same seed means the same data order, masks and sampling noise, so the pair differs
     only in the design."""
     by_seed = {overrides(r)["kamig.seed"]: r for r in reference}
-    return estimate(fid(r, variant) - fid(by_seed[overrides(r)["kamig.seed"]], variant)
-                    for r in cell if overrides(r)["kamig.seed"] in by_seed)
+    pairs = [(r, by_seed[overrides(r)["kamig.seed"]]) for r in cell if overrides(r)["kamig.seed"] in by_seed]
+    for pair in pairs:
+        require_same_models(pair)
+    return estimate(fid(r, variant) - fid(partner, variant) for r, partner in pairs)
 
 
 def _cell_table(records: Sequence[Record], cells: Sequence[tuple[str, dict[str, Any]]],
@@ -220,19 +236,19 @@ def _cell_table(records: Sequence[Record], cells: Sequence[tuple[str, dict[str, 
             continue
         effect = contrast(chosen, "kamig", "permuted")
         null_fid = mean_fid(chosen, "permuted")
-        row = [label, str(len(chosen)), _with_ci(estimate(fid(r, "kamig") for r in chosen)),
-               _with_ci(estimate(fid(r, "permuted") for r in chosen)), _with_ci(effect),
+        row = [label, str(len(chosen)), with_ci(estimate(fid(r, "kamig") for r in chosen)),
+               with_ci(estimate(fid(r, "permuted") for r in chosen)), with_ci(effect),
                verdict(effect, null_fid)]
         if paired:
             against = matched(chosen, reference_records) if where != reference[1] else Estimate(())
             row.append("–" if against.n == 0 else
-                       f"{_with_ci(against)} ({against.mean / null_fid:+.1%}, {against.n} "
+                       f"{with_ci(against)} ({against.mean / null_fid:+.1%}, {against.n} "
                        f"seed{'s' if against.n > 1 else ''})")
         rows.append(row)
     header = ["design", "replicates", "KA-MIG FID", "null FID", "KA-MIG − null", "conclusion"]
     if paired:
         header.append(f"KA-MIG − KA-MIG with {reference[0]}, same seeds")
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _graph_lines(record: Record) -> list[str]:
@@ -244,7 +260,7 @@ def _graph_lines(record: Record) -> list[str]:
             rows.append([graph, f"{g['self_weight_mean']:.3f}",
                          f"{g.get('neighbour_to_self_median', math.nan):.3f}", f"{g['max_row_sum']:.3f}",
                          f"{g.get('mean_degree', math.nan):.1f}"])
-    lines = _table(["graph", "self weight (mean diagonal)", "median neighbour / self", "max row sum",
+    lines = table(["graph", "self weight (mean diagonal)", "median neighbour / self", "max row sum",
                     "mean degree"], rows)
     density = stats.get("incompatibility_density")
     if density is not None:
@@ -328,11 +344,11 @@ def render_report(records: Sequence[Record], title: str = "KA-MIG on Fashion-MNI
         "fine-tunes, three samplings, the evaluations; the first replicate of a base model also trains "
         "and samples it).",
         "",
-        "## Variants", "", *_variant_table(main), "",
+        "## Variants", "", *variant_table(main), "",
         "## Paired differences", "",
         "Negative means the first variant has the lower (better) FID. MDE: the smallest true "
         "difference this design detects with 80% power at the 5% level.", "",
-        *_table(CONTRAST_HEADER, _contrast_rows(main)), "",
+        *table(CONTRAST_HEADER, contrast_rows(main)), "",
         "## Sample size: bias and noise", "", *_noise_lines(main), "",
         "### Sampling noise at fixed models", "", *_sampling_noise_lines(sampling_noise), "",
         "## Graph ablation against the null", "",
@@ -348,7 +364,7 @@ def render_report(records: Sequence[Record], title: str = "KA-MIG on Fashion-MNI
         *_cell_table(records, [("base seed 1", {"base": 1})], ("base seed 0", {}), paired=False), "",
         "## Graph operators", "", *_graph_lines(first), "",
         "## Experiments", "",
-        *_table(["name", "base", "fine-tune", "graphs", "negative at", *VARIANTS, "rFID", "minutes"],
+        *table(["name", "base", "fine-tune", "graphs", "negative at", *VARIANTS, "rFID", "minutes"],
                 [[r["name"], str(overrides(r)["seed"]), str(overrides(r)["kamig.seed"]),
                   "+".join(overrides(r)["fusion.graphs"]), overrides(r)["fusion.negative_at"],
                   *(f"{fid(r, v):.2f}" for v in VARIANTS), f"{fid(r, 'recon'):.2f}",

@@ -96,3 +96,16 @@ def difference(a: Estimate, b: Estimate) -> tuple[float, tuple[float, float]]:
 
 def estimate(values: Iterable[float | None]) -> Estimate:
     return Estimate(tuple(float(v) for v in values if v is not None))
+
+
+def welch_mde(a: Estimate, b: Estimate) -> float:
+    """The smallest true difference of means that Welch's test of ``a`` against ``b`` detects with
+    POWER (two-sided, 1 - CONFIDENCE), at their spreads, with Welch-Satterthwaite degrees of freedom."""
+    if a.n < 2 or b.n < 2:
+        return math.nan
+    va, vb = a.sd**2 / a.n, b.sd**2 / b.n
+    if va + vb == 0:
+        return 0.0
+    df = (va + vb) ** 2 / (va**2 / (a.n - 1) + vb**2 / (b.n - 1))
+    t_sum = scipy.stats.t.ppf(0.5 + CONFIDENCE / 2, df) + scipy.stats.t.ppf(POWER, df)
+    return float(t_sum * math.sqrt(va + vb))

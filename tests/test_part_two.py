@@ -1,0 +1,92 @@
+"""Part two of the study's report (study.part_two): the official adapter against its null and
+against ours, and the knowledge effect at 196 tokens against 49, recomputed with scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from study.grid import experiment
+from study.part_two import relative_knowledge, render_part_two
+from study.stats import Estimate, welch_mde
+
+PRINTS = {"tokenizer": "t1", "base": "b1"}
+
+
+def _record(ft: int, adapter: str, kamig: float, null: float, prints=PRINTS, recon: float = 25.0) -> dict:
+    run = experiment(0, ft, adapter=adapter)
+    fids = {"base": 50.0, "control": 48.0, "permuted": null, "kamig": kamig, "real": 2.0, "recon": recon}
+    evaluation = {name: {"fid": value, "fid_se": 1.0, "precision": 0.7, "recall": 0.4, "class_accuracy": 0.9,
+                         "n_samples": 5000} for name, value in fids.items()}
+    return {"name": run.name, "overrides": run.overrides({"sample.per_class": 500}), "seconds": 480.0,
+            "evaluation": evaluation, "fingerprints": dict(prints)}
+
+
+OURS_K, OURS_N = [46.0, 47.1, 45.2, 46.6, 45.9], [47.0, 47.5, 46.9, 47.2, 46.8]
+OFF_K, OFF_N = [45.1, 46.0, 44.7, 45.5, 45.0], [47.2, 47.9, 46.8, 47.6, 47.1]
+LONG_K, LONG_N = [30.0, 29.1, 30.4, 29.6, 29.9], [33.0, 32.5, 33.4, 32.8, 33.1]
+
+
+def _series():
+    adapters = [_record(s, "pipeline", k, n) for s, (k, n) in enumerate(zip(OURS_K, OURS_N))]
+    adapters += [_record(s, "official", k, n) for s, (k, n) in enumerate(zip(OFF_K, OFF_N))]
+    long = [_record(s, "official", k, n, prints={"tokenizer": "t2", "base": "b2"}, recon=10.0)
+            for s, (k, n) in enumerate(zip(LONG_K, LONG_N))]
+    return adapters, long
+
+
+def test_the_answers_are_scipys_paired_and_welch_intervals():
+    adapters, long = _series()
+    text = render_part_two(adapters, long)
+    answers = text.split("## Design")[0]
+    # 1. the official knowledge effect: paired within each replicate.
+    diffs = np.subtract(OFF_K, OFF_N)
+    ci = scipy.stats.ttest_1samp(diffs, 0).confidence_interval(0.95)
+    null = np.mean(OFF_N)
+    assert f"KA-MIG − its null = {diffs.mean():+.2f} FID, {diffs.mean() / null:+.1%} of FID (95% CI " \
+           f"{ci.low / null:+.1%} to {ci.high / null:+.1%}" in answers
+    # 2. official − ours, paired on the seed.
+    paired = scipy.stats.ttest_rel(OFF_K, OURS_K).confidence_interval(0.95)
+    assert f"official − ours, KA-MIG's FID on the same 5 seeds = {np.mean(np.subtract(OFF_K, OURS_K)):+.2f}" \
+        in answers
+    assert f"(95% CI {paired.low / np.mean(OURS_K):+.1%}" in answers
+    # 3. 196 against 49, relative to each cell's null, by Welch.
+    short = np.subtract(OFF_K, OFF_N) / np.mean(OFF_N)
+    longer = np.subtract(LONG_K, LONG_N) / np.mean(LONG_N)
+    welch = scipy.stats.ttest_ind(longer, short, equal_var=False).confidence_interval(0.95)
+    assert f"196 − 49 = {longer.mean() - short.mean():+.1%} (Welch 95% CI {welch.low:+.1%} to " \
+           f"{welch.high:+.1%}" in answers
+    assert "detected: the effect is stronger at 196 tokens" in answers
+    assert "0.65 FID" in answers  # one base per length: said plainly
+    # gFID − rFID beside the FID
+    assert f"{np.mean(LONG_K) - 10.0:.2f} above the tokenizer floor" in answers
+
+
+def test_relative_knowledge_divides_by_the_cells_mean_null():
+    adapters, _ = _series()
+    official = [r for r in adapters if r["overrides"]["fusion.adapter"] == "official"]
+    expected = np.subtract(OFF_K, OFF_N) / np.mean(OFF_N)
+    assert relative_knowledge(official).values == pytest.approx(tuple(expected))
+
+
+def test_welch_mde_is_the_closed_form_with_satterthwaite_df():
+    a, b = Estimate((1.0, 2.0, 4.0, 3.0)), Estimate((0.0, 0.5, 0.2, 0.1, 0.6))
+    va, vb = np.var(a.values, ddof=1) / 4, np.var(b.values, ddof=1) / 5
+    df = (va + vb) ** 2 / (va**2 / 3 + vb**2 / 4)
+    expected = (scipy.stats.t.ppf(0.975, df) + scipy.stats.t.ppf(0.8, df)) * np.sqrt(va + vb)
+    assert welch_mde(a, b) == pytest.approx(expected)
+
+
+def test_records_of_other_base_models_are_never_paired():
+    adapters, long = _series()
+    adapters[-1] = _record(4, "official", 45.0, 47.1, prints={"tokenizer": "t1", "base": "elsewhere"})
+    with pytest.raises(ValueError, match="different tokenizers or base models"):
+        render_part_two(adapters, long)
+
+
+def test_missing_series_say_how_to_run_them():
+    adapters, _ = _series()
+    text = render_part_two(adapters, [])
+    assert "not measured yet: `make study-long`" in text
+    assert "not measured yet: `make study-adapters`" in render_part_two([], [])
