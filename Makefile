@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed
 # from vl-convert-python's bundled vega / vega-lite / vega-embed; git-ignored.
 PLOTS_TEMPLATE := .dvc/offline_plots.html
 
-.PHONY: repro test setup data browser lint bench plots push pull clean-venv
+.PHONY: repro test setup data browser lint bench plots push pull clean-venv study-adapters study-long report
 
 repro: setup data
 	source $(BIN)/activate && python -m pipeline.config check && dvc repro
@@ -58,6 +58,21 @@ plots: setup
 # checking that it is configured and reachable; more dvc flags: make push ARGS="-j 4".
 push pull: setup
 	$(BIN)/python scripts/dvc_remote.py $@ $(ARGS)
+
+# The study's later series (README "The study"); each is resumable: re-running skips what is recorded.
+# Both adapters at 7 x 7 tokens on the same ten fine-tune seeds (reports/study/adapters/).
+study-adapters: setup data
+	$(BIN)/python scripts/run_experiments.py --results reports/study/adapters --adapters pipeline official \
+		--finetune-seeds 0 1 2 3 4 5 6 7 8 9 --second-base --ablation --negative $(ARGS)
+
+# The official adapter at 14 x 14 tokens (reports/study/long/; its plan: README "The study").
+LONG_SEEDS ?= 0 1 2 3 4 5 6 7
+study-long: setup data
+	$(BIN)/python scripts/run_experiments.py --preset configs/study_196.yaml --results reports/study/long \
+		--adapters official --finetune-seeds $(LONG_SEEDS) --second-base --ablation --negative $(ARGS)
+
+report: setup
+	$(BIN)/python scripts/make_report.py
 
 bench: setup
 	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done

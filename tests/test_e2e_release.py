@@ -23,7 +23,7 @@ from pipeline.model.generators import load_generator
 from pipeline.model.kamig import ReleasedFiles, import_kamig
 from pipeline.model.official import OfficialAdapter, OfficialGraphs, RowConstantMatrix
 from pipeline.model.uvit import UViT, UViTSpec
-from tests.helpers import make_repo_copy, run
+from tests.helpers import copy_repo, run
 
 pytestmark = pytest.mark.e2e
 
@@ -77,8 +77,9 @@ def write_release(folder: Path) -> ReleasedFiles:
     return files
 
 
-def test_released_kamig_is_scored_through_the_dag(tmp_path: Path) -> None:
-    repo = make_repo_copy(tmp_path / "repo")
+def test_released_kamig_is_scored_through_the_dag(tmp_path: Path, reproduced_tiny_repo) -> None:
+    # From the session's reproduced DAG: data, tokenizer, graphs and the classifier stay cached.
+    repo = copy_repo(reproduced_tiny_repo.path, tmp_path / "repo")
     torch.manual_seed(0)
     (repo / "pretrained/autonat").mkdir(parents=True, exist_ok=True)
     torch.save(UViT(SPEC).state_dict(), repo / "pretrained/autonat/nnet_ema.pth")
