@@ -39,21 +39,24 @@ def mask_ratio(name: str, r: float) -> float:
 
 
 def masked_counts(name: str, steps: int, seq_len: int) -> list[int]:
-    """How many tokens remain masked after each of ``steps`` decoding steps.
-
-    Strictly decreasing to 0 at the last step, so every step reveals at least one token
-    (when ``steps <= seq_len``).
-    """
+    """How many tokens remain masked after each of ``steps`` decoding steps: the schedule's ratios
+    at ``(t + 1) / steps`` through :func:`counts_from_ratios`."""
     if steps < 1:
         raise ValueError("steps must be >= 1")
-    counts = []
-    previous = seq_len
-    for step in range(steps):
-        remaining = math.floor(mask_ratio(name, (step + 1) / steps) * seq_len)
-        remaining = max(0, min(remaining, previous - 1)) if step < steps - 1 else 0
+    return list(counts_from_ratios([mask_ratio(name, (step + 1) / steps) for step in range(steps)], seq_len))
+
+
+def counts_from_ratios(ratios: list[float] | tuple[float, ...], seq_len: int) -> tuple[int, ...]:
+    """Per-step mask ratios -> tokens still masked after each step: ``floor(ratio * seq_len)``,
+    strictly decreasing (every step reveals at least one token when ``steps <= seq_len``) and 0 at
+    the last step."""
+    counts, previous = [], seq_len
+    for ratio in ratios:
+        remaining = max(0, min(math.floor(ratio * seq_len), previous - 1))
         counts.append(remaining)
         previous = remaining
-    return counts
+    counts[-1] = 0
+    return tuple(counts)
 
 
 def sample_train_mask_ratio(

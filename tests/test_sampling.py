@@ -15,14 +15,13 @@ from pipeline.sampling import (
     DecodePlan,
     batch_generator,
     class_balanced_labels,
-    counts_from_ratios,
     decode_plan,
     generate_samples,
     guided_logits,
     maskgit_decode,
     write_samples,
 )
-from pipeline.schedules import masked_counts
+from pipeline.schedules import counts_from_ratios, masked_counts
 from pipeline.shards import TokenMeta, load_split, read_meta
 
 V, L, K = 16, 12, 4  # codebook, sequence length, classes

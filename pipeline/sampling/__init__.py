@@ -4,7 +4,6 @@
 from pipeline.sampling.decode import (
     DecodePlan,
     LogitsFn,
-    counts_from_ratios,
     decode_plan,
     guided_logits,
     maskgit_decode,
@@ -24,7 +23,6 @@ __all__ = [
     "Samples",
     "batch_generator",
     "class_balanced_labels",
-    "counts_from_ratios",
     "decode_plan",
     "generate_samples",
     "guided_logits",

@@ -32,7 +32,7 @@ import torch
 
 from pipeline.config import SampleConfig
 from pipeline.progress import progress_bar
-from pipeline.schedules import masked_counts
+from pipeline.schedules import counts_from_ratios, masked_counts
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -62,17 +62,6 @@ class DecodePlan:
     @property
     def steps(self) -> int:
         return len(self.masked_after)
-
-
-def counts_from_ratios(ratios: list[float] | tuple[float, ...], seq_len: int) -> tuple[int, ...]:
-    """Per-step mask ratios -> tokens still masked, revealing at least one token per step when possible."""
-    counts, previous = [], seq_len
-    for ratio in ratios:
-        remaining = max(0, min(math.floor(ratio * seq_len), previous - 1))
-        counts.append(remaining)
-        previous = remaining
-    counts[-1] = 0
-    return tuple(counts)
 
 
 def decode_plan(cfg: SampleConfig, seq_len: int) -> DecodePlan:

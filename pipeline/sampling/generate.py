@@ -35,6 +35,7 @@ from pipeline.files import atomic_dir
 from pipeline.images import grid_classes, grid_selection, quantize, render_grid
 from pipeline.progress import progress_bar
 from pipeline.sampling.decode import LogitsFn, decode_plan, maskgit_decode
+from pipeline.seeds import batch_seed
 from pipeline.shards import ShardWriter, TokenMeta, write_meta
 
 if TYPE_CHECKING:
@@ -65,7 +66,7 @@ def class_balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
 def batch_generator(seed: int, batch_index: int, device: str | torch.device = "cpu") -> torch.Generator:
     """The generator of one batch, derived from (seed, batch index) only."""
     generator = torch.Generator(device=device)
-    generator.manual_seed((seed * 1_000_003 + batch_index) % (2**63 - 1))
+    generator.manual_seed(batch_seed(seed, batch_index))
     return generator
 
 

@@ -31,6 +31,7 @@ class Tokenizer(nn.Module, ABC):
     implement the members below."""
 
     kind: ClassVar[str]
+    _args: dict[str, Any]  # the constructor's arguments, set by every subclass (config.json "args")
 
     @property
     @abstractmethod
@@ -42,12 +43,12 @@ class Tokenizer(nn.Module, ABC):
         """(grid_h, grid_w) of the token grid."""
 
     @property
-    @abstractmethod
-    def channels(self) -> int: ...
+    def channels(self) -> int:
+        return self._args["channels"]
 
     @property
-    @abstractmethod
-    def image_size(self) -> int: ...
+    def image_size(self) -> int:
+        return self._args["image_size"]
 
     @abstractmethod
     def encode(self, images: torch.Tensor) -> torch.Tensor:

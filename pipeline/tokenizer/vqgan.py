@@ -243,14 +243,6 @@ class VQGANTokenizer(Tokenizer):
     def grid(self) -> tuple[int, int]:
         return (self._grid, self._grid)
 
-    @property
-    def channels(self) -> int:
-        return self._args["channels"]
-
-    @property
-    def image_size(self) -> int:
-        return self._args["image_size"]
-
     def init_args(self) -> dict[str, Any]:
         return {**self._args, "ch_mult": list(self._args["ch_mult"])}
 

@@ -172,14 +172,6 @@ class VQVAE(Tokenizer):
     def grid(self) -> tuple[int, int]:
         return self._grid
 
-    @property
-    def channels(self) -> int:
-        return self._args["channels"]
-
-    @property
-    def image_size(self) -> int:
-        return self._args["image_size"]
-
     def init_args(self) -> dict[str, Any]:
         return dict(self._args)
 
