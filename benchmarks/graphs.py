@@ -143,7 +143,7 @@ def run_child(*args: str) -> dict:
 def child(tokens_dir: str, out_dir: str, groups_per_pass: str, positions_only: str) -> None:
     """Runs in a fresh process: the stage (or only its polars pass) and this process's peak RSS."""
     from pipeline.config import GraphsConfig
-    from pipeline.graphs.build import StagePaths, build_graphs
+    from pipeline.graphs.build import build_graphs
     from pipeline.graphs.positions import count_position_tokens
     from pipeline.graphs.source import open_source
 
@@ -157,9 +157,10 @@ def child(tokens_dir: str, out_dir: str, groups_per_pass: str, positions_only: s
                                         cfg.positions_groups_per_pass, 1)
         result = {"groups": summary.observed_triples, "passes": summary.passes}
     else:
-        metrics = build_graphs(cfg, StagePaths(
-            tokens_dir=Path(tokens_dir), graphs_dir=out / "graphs", metrics_file=out / "graphs.json",
-            degrees_csv=out / "degrees.csv", picture=out / "picture.png", tokenizer_dir=None))
+        for name in ("graphs", "graphs_official"):
+            (out / name).mkdir(parents=True, exist_ok=True)
+        metrics = build_graphs(cfg, Path(tokens_dir), out / "graphs", out / "graphs_official",
+                               tokenizer_dir=None).metrics
         result = {"seconds": metrics["seconds"], "images": metrics["images"], "tokens": metrics["tokens"],
                   "passes": metrics["incompatibility"]["polars_passes"],
                   "fallbacks": metrics["similarity"]["bruteforce_fallbacks"]}

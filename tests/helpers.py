@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import CooccurrenceConfig, GraphsConfig, ModelConfig
-from pipeline.graphs.build import StagePaths, build_graphs
 from pipeline.model.transformer import GeneratorSpec
 from pipeline.shards import ShardWriter, TokenMeta, write_meta
+from pipeline.stages.graphs import StagePaths, write_graphs
 
 
 def write_token_split(directory: Path, tokens: np.ndarray, labels: np.ndarray, meta: TokenMeta,
@@ -33,7 +33,7 @@ def write_graph_files(directory: Path, tokens: np.ndarray, labels: np.ndarray, c
     tokens_dir = write_token_split(directory.parent / f"{directory.name}-tokens", tokens, labels, meta)
     metrics = directory.parent / f"{directory.name}-metrics"
     cfg = GraphsConfig(cooccurrence=CooccurrenceConfig(neighbourhood=neighbourhood, top_ratio=top_ratio))
-    build_graphs(cfg, StagePaths(tokens_dir=tokens_dir, graphs_dir=directory,
+    write_graphs(cfg, StagePaths(tokens_dir=tokens_dir, graphs_dir=directory,
                                  metrics_file=metrics / "graphs.json", degrees_csv=metrics / "degrees.csv",
                                  picture=metrics / "neighbours.png", tokenizer_dir=None))
     return directory

@@ -9,8 +9,8 @@ from PIL import Image
 
 from pipeline.config import CooccurrenceConfig, GraphsConfig
 from pipeline.graphs import pictures
-from pipeline.graphs.build import StagePaths, build_graphs
 from pipeline.shards import TokenMeta
+from pipeline.stages.graphs import StagePaths, write_graphs
 from pipeline.tokenizer.base import save_tokenizer
 from tests.helpers import write_token_split
 from tests.test_graphs_stage import StripeTokenizer
@@ -130,7 +130,7 @@ def test_stage_picture_shows_textured_tokens_with_weights(tmp_path, monkeypatch)
         return captured["rows"]
 
     monkeypatch.setattr(pictures, "example_rows", spy)
-    build_graphs(cfg, StagePaths(tokens_dir=tokens_dir, graphs_dir=tmp_path / "graphs",
+    write_graphs(cfg, StagePaths(tokens_dir=tokens_dir, graphs_dir=tmp_path / "graphs",
                                  metrics_file=tmp_path / "m/graphs.json",
                                  degrees_csv=tmp_path / "m/degrees.csv", picture=picture,
                                  tokenizer_dir=tokenizer_dir))

@@ -20,7 +20,6 @@ from pipeline import layout
 from pipeline.config import CooccurrenceConfig, GraphsConfig, SimilarityConfig, config_from_dict
 from pipeline.errors import PipelineError, ShardError
 from pipeline.graphs import pictures
-from pipeline.graphs.build import StagePaths, build_graphs
 from pipeline.graphs.cooccurrence import cooccurrence_table, count_cooccurrence
 from pipeline.graphs.official import add_self_loops_and_normalise, official_cooccurrence, official_similarity
 from pipeline.graphs.similarity import similarity_graph
@@ -33,6 +32,7 @@ from pipeline.graphs.storage import (
     load_position_token_counts,
 )
 from pipeline.shards import ShardWriter, TokenMeta, load_split, shard_name, token_schema, write_meta
+from pipeline.stages.graphs import StagePaths, write_graphs
 from pipeline.tokenizer.base import Tokenizer, save_tokenizer, tokenizer_fingerprint
 from tests.helpers import REPO_ROOT
 
@@ -78,7 +78,7 @@ def graph_bytes(paths: StagePaths) -> dict[str, bytes]:
 
 def run(root: Path, tokens_dir: Path, **overrides: Any) -> tuple[StagePaths, dict[str, Any]]:
     paths = stage_paths(root, tokens_dir)
-    return paths, build_graphs(GraphsConfig(**overrides), paths)
+    return paths, write_graphs(GraphsConfig(**overrides), paths)
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +309,7 @@ def test_official_directory_is_a_declared_output():
 def assert_fails_cleanly(tmp_path: Path, tokens_dir: Path, match: str) -> None:
     paths = stage_paths(tmp_path / "out", tokens_dir)
     with pytest.raises(ShardError, match=match):
-        build_graphs(GraphsConfig(), paths)
+        write_graphs(GraphsConfig(), paths)
     assert not paths.graphs_dir.exists()
     leftovers = list(paths.graphs_dir.parent.iterdir()) if paths.graphs_dir.parent.exists() else []
     assert leftovers == []
@@ -392,7 +392,7 @@ def test_failure_after_writing_started_leaves_nothing(tmp_path, good_tokens, mon
     monkeypatch.setattr(build, step, broken)
     paths = stage_paths(tmp_path / "out", good_tokens)
     with pytest.raises(OSError, match="No space"):
-        build_graphs(GraphsConfig(), paths)
+        write_graphs(GraphsConfig(), paths)
     assert list(paths.graphs_dir.parent.iterdir()) == []  # no data/graphs, no temporary sibling
     assert not paths.metrics_file.exists()
 
@@ -418,7 +418,7 @@ def test_config_section():
 
 def test_missing_tokens(tmp_path):
     with pytest.raises(ShardError, match=r"meta\.json not found"):
-        build_graphs(GraphsConfig(), stage_paths(tmp_path / "out", tmp_path / "nothing"))
+        write_graphs(GraphsConfig(), stage_paths(tmp_path / "out", tmp_path / "nothing"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -471,11 +471,7 @@ def test_draw_neighbours_picture(tmp_path):
     rows = pictures.example_rows([1, 2], totals, co, sim)
     assert rows[0].cooccurrence == [(3, 7), (2, 4)]  # self-loop excluded, by count
     assert [t for t, _ in rows[0].similarity] == [2, 4]  # nearest first
-    path = tmp_path / "neighbours.png"
-    pictures.draw_neighbours(StripeTokenizer(vocab=8), rows, path)
-    from PIL import Image
-
-    image = np.asarray(Image.open(path).convert("L"))
+    image = np.asarray(pictures.draw_neighbours(StripeTokenizer(vocab=8), rows).convert("L"))
     assert image.shape[0] > 2 * pictures.PATCH_PIXELS
     assert len(np.unique(image)) > 3
 

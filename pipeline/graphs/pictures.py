@@ -18,13 +18,11 @@ Without any detailed patch it falls back to frequency alone. Deterministic, like
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.files import atomic_path
 from pipeline.tokenizer.base import Tokenizer
 
 PATCH_PIXELS = 64
@@ -183,8 +181,8 @@ def _weight(value: float | None) -> str | None:
     return None if value is None else f"w={value:.3f}"
 
 
-def draw_neighbours(tokenizer: Tokenizer, rows: list[ExampleRow], path: Path) -> None:
-    """Render the rows (token | co-occurrence neighbours | similarity neighbours) to a PNG.
+def draw_neighbours(tokenizer: Tokenizer, rows: list[ExampleRow]) -> Image.Image:
+    """Render the rows (token | co-occurrence neighbours | similarity neighbours) as a picture.
 
     Captions: the token id; then its occurrences (n) and patch detail (d), or the co-occurrence
     count (c) or JS distance (js) and the edge weight (w) of each neighbour.
@@ -220,5 +218,4 @@ def draw_neighbours(tokenizer: Tokenizer, rows: list[ExampleRow], path: Path) ->
             draw.text((x, y + PATCH_PIXELS + CAPTION), caption, fill="black", font=font)
             if extra is not None:
                 draw.text((x, y + PATCH_PIXELS + 2 * CAPTION), extra, fill="black", font=font)
-    with atomic_path(path) as tmp:
-        canvas.save(tmp, format="PNG")
+    return canvas
