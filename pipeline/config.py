@@ -272,6 +272,35 @@ class FusionConfig(_Section):
     null_negative: Literal["marginal", "zero"] = "marginal"
 
 
+class StrategyConfig(_Section):
+    """Per-step arrays (AutoNAT style) that replace what the schedule and the scalar ``sample.*``
+    params give; each key set has one value per step (``sample.steps``), unset keys keep the schedule."""
+
+    # Fraction of the whole sequence still masked after each step: non-increasing in [0, 1], ending at 0.
+    mask_ratio: tuple[float, ...] | None = None
+    temperature: tuple[float, ...] | None = None
+    choice_temperature: tuple[float, ...] | None = None
+    cfg: tuple[float, ...] | None = None
+
+    @model_validator(mode="after")
+    def _ratios(self) -> StrategyConfig:
+        ratios = self.mask_ratio
+        if ratios is not None:
+            if any(not 0.0 <= r <= 1.0 for r in ratios) or any(
+                later > earlier for earlier, later in itertools.pairwise(ratios)
+            ):
+                raise ConfigError(f"sample.strategy.mask_ratio must be non-increasing values in [0, 1], "
+                                  f"got {list(ratios)}")
+            if not ratios or ratios[-1] != 0.0:
+                raise ConfigError("sample.strategy.mask_ratio must end at 0 (nothing left masked)")
+        return self
+
+    def arrays(self) -> dict[str, tuple[float, ...]]:
+        """The keys that are set."""
+        return {name: getattr(self, name) for name in type(self).model_fields
+                if getattr(self, name) is not None}
+
+
 class SampleConfig(_Section):
     # The sampling seed: a sweep over it re-uses the trained models.
     seed: int = Field(0, ge=0)
@@ -288,11 +317,19 @@ class SampleConfig(_Section):
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     # Optional per-step arrays (AutoNAT style) replacing the schedule: keys mask_ratio,
     # temperature, choice_temperature, cfg, each a list of `steps` numbers.
-    strategy: dict[str, list[float]] | None = None
+    strategy: StrategyConfig | None = None
     # Columns of the PNG grid (one row per class).
     grid_columns: int = Field(10, ge=1)
     # At most this many class rows in the grid (evenly spaced class ids; ImageNet has 1000).
     grid_classes: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _strategy_has_one_value_per_step(self) -> SampleConfig:
+        for name, values in (self.strategy.arrays() if self.strategy else {}).items():
+            if len(values) != self.steps:
+                raise ConfigError(f"sample.strategy.{name} has {len(values)} values; "
+                                  f"sample.steps is {self.steps}")
+        return self
 
 
 class ClassifierConfig(_Section):
@@ -412,30 +449,6 @@ def _check_consistency(cfg: Config) -> None:
             raise ConfigError("kamig.init 'checkpoint': the released model uses every graph; fusion.graphs "
                               f"must list all three, got {list(cfg.fusion.graphs)}")
         _check_inside("kamig.checkpoint", cfg.kamig.checkpoint, layout.KAMIG_RELEASE_DIR, "finetune@kamig")
-    strategy = cfg.sample.strategy
-    if strategy is not None:
-        allowed = {"mask_ratio", "temperature", "choice_temperature", "cfg"}
-        unknown = set(strategy) - allowed
-        if unknown:
-            raise ConfigError(
-                f"sample.strategy has unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
-            )
-        for name, values in strategy.items():
-            if len(values) != cfg.sample.steps:
-                raise ConfigError(
-                    f"sample.strategy.{name} has {len(values)} values; sample.steps is {cfg.sample.steps}"
-                )
-        ratios = strategy.get("mask_ratio")
-        if ratios is not None:
-            if any(not 0.0 <= r <= 1.0 for r in ratios) or any(
-                later > earlier for earlier, later in itertools.pairwise(ratios)
-            ):
-                raise ConfigError(
-                    "sample.strategy.mask_ratio must be non-increasing values in [0, 1], "
-                    f"got {ratios}"
-                )
-            if ratios[-1] != 0.0:
-                raise ConfigError("sample.strategy.mask_ratio must end at 0 (nothing left masked)")
 
 
 def _check_inside(key: str, value: str | None, folder: Path, stage: str) -> None:

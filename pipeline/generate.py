@@ -50,12 +50,11 @@ def sample_settings(params: Path, strategy: Path | None, overrides: dict[str, An
         if not isinstance(preset, dict):
             raise PipelineError(f"{strategy} has no 'sample' section (see configs/autonat_l_t8.yaml)")
         settings = replace(settings, **preset)
-    settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
-    for key, values in (settings.strategy or {}).items():
-        if len(values) != settings.steps:
-            raise PipelineError(f"the strategy's {key} has {len(values)} values for {settings.steps} steps: "
-                                "--steps must match the strategy")
-    return settings
+    try:
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        hint = "; --steps must match the strategy" if settings.strategy is not None else ""
+        raise PipelineError(f"{exc}{hint}") from None
 
 
 def class_names(meta: TokenMeta) -> list[str]:

@@ -96,13 +96,17 @@ def test_ints_are_accepted_for_floats_and_types_are_kept():
 def test_sampling_strategy_is_checked_against_steps():
     good = {"mask_ratio": [0.75, 0.5, 0.25, 0.0], "cfg": [1, 1, 2, 2]}
     cfg = config_from_dict({"sample": {"steps": 4, "strategy": good}})
-    assert cfg.sample.strategy["mask_ratio"][-1] == 0.0
+    assert cfg.sample.strategy.mask_ratio[-1] == 0.0 and cfg.sample.strategy.temperature is None
+    assert cfg.sample.strategy.arrays() == {"mask_ratio": (0.75, 0.5, 0.25, 0.0), "cfg": (1.0, 1.0, 2.0, 2.0)}
     with pytest.raises(ConfigError, match="sample.strategy.cfg has 3 values; sample.steps is 4"):
         config_from_dict({"sample": {"steps": 4, "strategy": {"cfg": [1, 1, 1]}}})
     with pytest.raises(ConfigError, match="must end at 0"):
         config_from_dict({"sample": {"steps": 2, "strategy": {"mask_ratio": [0.5, 0.2]}}})
-    with pytest.raises(ConfigError, match="unknown key"):
+    with pytest.raises(ConfigError, match=r"unknown key 'sample.strategy.tempreature' \(did you mean "
+                                          r"'sample.strategy.temperature'\?\)"):
         config_from_dict({"sample": {"steps": 1, "strategy": {"tempreature": [1.0]}}})
+    with pytest.raises(ConfigError, match="non-increasing"):
+        config_from_dict({"sample": {"steps": 2, "strategy": {"mask_ratio": [0.2, 0.5]}}})
 
 
 def test_load_config_reports_file_and_yaml_errors(tmp_path):
@@ -159,7 +163,7 @@ def test_an_int_is_accepted_for_a_float_and_stored_as_float():
     assert (cfg.fusion.weight, cfg.model.dropout, cfg.sample.cfg) == (2.0, 0.0, 3.0)
     assert all(type(v) is float for v in (cfg.fusion.weight, cfg.model.dropout, cfg.sample.cfg))
     strategy = config_from_dict({"sample": {"steps": 2, "strategy": {"cfg": [1, 2]}}}).sample.strategy
-    assert strategy == {"cfg": [1.0, 2.0]} and all(type(v) is float for v in strategy["cfg"])
+    assert strategy.cfg == (1.0, 2.0) and all(type(v) is float for v in strategy.cfg)
     assert type(CooccurrenceConfig(top_ratio=1).top_ratio) is float  # keyword construction too
 
 

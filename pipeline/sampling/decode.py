@@ -78,7 +78,7 @@ def decode_plan(cfg: SampleConfig, seq_len: int) -> DecodePlan:
         guidance = tuple(cfg.cfg * t / (steps - 1) for t in range(steps))
     else:
         guidance = (cfg.cfg,) * steps
-    strategy = cfg.strategy or {}
+    strategy = cfg.strategy.arrays() if cfg.strategy is not None else {}
     if "mask_ratio" in strategy:
         masked_after = counts_from_ratios(strategy["mask_ratio"], seq_len)
     return DecodePlan(
