@@ -59,13 +59,13 @@ plots: setup
 push pull: setup
 	$(BIN)/python scripts/dvc_remote.py $@ $(ARGS)
 
-# The study's later series (README "The study"); each is resumable: re-running skips what is recorded.
+# The study's later series (docs/study.md); each is resumable: re-running skips what is recorded.
 # Both adapters at 7 x 7 tokens on the same ten fine-tune seeds (reports/study/adapters/).
 study-adapters: setup data
 	$(BIN)/python scripts/run_experiments.py --results reports/study/adapters --adapters pipeline official \
 		--finetune-seeds 0 1 2 3 4 5 6 7 8 9 --second-base --ablation --negative $(ARGS)
 
-# The official adapter at 14 x 14 tokens (reports/study/long/; its plan: README "The study").
+# The official adapter at 14 x 14 tokens (reports/study/long/; its plan: docs/study.md, "Part two").
 LONG_SEEDS ?= 0 1 2 3 4 5 6 7
 study-long: setup data
 	$(BIN)/python scripts/run_experiments.py --preset configs/study_196.yaml --results reports/study/long \

@@ -313,7 +313,7 @@ class SampleConfig(_Section):
     cfg: float = Field(1.0, ge=0.0)
     cfg_schedule: Literal["constant", "linear"] = "constant"
     # The forward's precision. auto: bf16 autocast on CUDA, float32 on a CPU. bf16 on a CPU with
-    # native bf16 matmuls (AVX512-BF16 / AMX) samples ~1.5x faster but changes the samples: opt in.
+    # native bf16 matmuls (AVX512-BF16 / AMX) samples ~1.3x faster but changes the samples: opt in.
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     # Optional per-step arrays (AutoNAT style) replacing the schedule: keys mask_ratio,
     # temperature, choice_temperature, cfg, each a list of `steps` numbers.

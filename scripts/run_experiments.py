@@ -7,7 +7,7 @@
 
 The grid and its order are study.grid's: fine-tune seeds on base 0 first (the main
 comparison, once per adapter in --adapters), then fusion.negative_at: masked, the one-graph
-ablation, and a second base seed. The study's series (README, "The study") are calls of this
+ablation, and a second base seed. The study's series (docs/study.md) are calls of this
 script with their own --results directory; `make study-adapters` and `make study-long` give them.
 Each experiment is a named `dvc exp run` with every setting of the study's scale (configs/study.yaml,
 or --preset) and every grid param set; `--per-class` overrides the scale's sample count (a quick

@@ -39,7 +39,7 @@ from pipeline.model.transformer import MaskGIT, count_parameters
 from pipeline.progress import progress_bar
 from pipeline.seeds import derive_seed
 from pipeline.shards import TokenMeta, TokenSplit
-from pipeline.training.batches import SampleOrder, mask_batch, masked_loss, step_batch
+from pipeline.training.batches import MaskedBatch, SampleOrder, mask_batch, masked_loss, step_batch
 from pipeline.training.checkpoints import Checkpointer, TrainProgress
 from pipeline.training.live import LiveLog
 from pipeline.training.optim import (
@@ -79,26 +79,15 @@ class TrainResult:
 
 def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: TokenSplit | None) -> TrainResult:
     """Train ``model`` as ``run`` says, resuming from its newest matching checkpoint."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
     recipe = run.recipe
-    # The model's buffers (graphs) are constants loaded identically on every rank and there is no
-    # BatchNorm: DDP need not broadcast them (gloo and NCCL cannot send the int16 token buffer).
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(recipe.mixed_precision),
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
-    micro = micro_batch_size(recipe, world)
+    accelerator = make_accelerator(recipe)
+    main = accelerator.is_main_process
+    micro = micro_batch_size(recipe, accelerator.num_processes)  # fails before any work if it does not split
     named = select_trainable(model, run.trainable)
     raw_model, optimizer = model, configure_optimizer(named, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema, progress = EMA(named, recipe.ema_decay, warmup=recipe.ema_warmup == "warmup"), TrainProgress()
-    accelerator.register_for_checkpointing(ema)
-    accelerator.register_for_checkpointing(progress)
-    checkpoints = Checkpointer(accelerator, run.checkpoint_dir, run.fingerprint)
-    if (resumed := checkpoints.resume()) is not None:
-        ema.to(accelerator.device)
-        log.info("%s: resumed from %s (step %d of %d)", run.desc, resumed, progress.step, recipe.steps)
+    checkpoints = resume(accelerator, run, ema, progress)
     live = LiveLog(run.live_dir, replay=progress.history) if run.live_dir is not None and main else None
     # int32 as loaded (ImageNet with flips: 2.6 GB, not 5.2); batches are widened to int64.
     tokens = torch.from_numpy(np.ascontiguousarray(train.tokens, dtype=np.int32))
@@ -114,16 +103,7 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
         lr = set_learning_rate(optimizer, learning_rate(recipe, step))
         batch = step_batch(recipe, run.seed, run.stream, step, order, tokens, labels, raw_model.mask_id,
                            raw_model.null_class)
-        for k in range(recipe.grad_accum):
-            start = (k * world + rank) * micro  # this process's share of micro-batch k
-            part = batch.slice(start, start + micro).to(accelerator.device)
-            torch.manual_seed(derive_seed(run.seed, run.stream, "dropout", step, k, rank))
-            last = k == recipe.grad_accum - 1
-            with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                logits = model(part.inputs, part.labels)
-                loss, correct, count = masked_loss(logits, part, recipe.label_smoothing)
-                accelerator.backward(loss / recipe.grad_accum)
-            window.add(loss, correct, count)
+        accumulate_gradients(accelerator, model, batch, micro, run, step, window)
         if recipe.grad_clip is not None:
             accelerator.clip_grad_norm_([p for _, p in named], recipe.grad_clip)
         optimizer.step()
@@ -131,17 +111,7 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
         ema.update(named)
         progress.advance(time.perf_counter() - started, recipe.batch_size * tokens.shape[1])
         bar.update(1)
-
-        if progress.step % recipe.log_every == 0 or progress.step == recipe.steps:
-            row = {"step": progress.step, **window.pop_means(), "lr": lr}
-            progress.history.append(row)
-            if live is not None:
-                live.log(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.tokens_per_s:.0f}",
-                            refresh=False)  # shown at the bar's next refresh: no extra log lines
-        if progress.step % recipe.checkpoint_every == 0 or progress.step == recipe.steps:
-            progress.window = window.totals()
-            checkpoints.save(progress.step)
+        log_and_checkpoint(recipe, progress, window, live, bar, lr, checkpoints)
     bar.close()
     if live is not None:
         live.end()
@@ -151,6 +121,62 @@ def train_generator(model: MaskGIT, run: TrainRun, train: TokenSplit, val: Token
 # --------------------------------------------------------------------------------------------
 # The loop's parts
 # --------------------------------------------------------------------------------------------
+
+
+def make_accelerator(recipe: TrainConfig) -> Accelerator:
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # The model's buffers (graphs) are constants loaded identically on every rank and there is no
+    # BatchNorm: DDP need not broadcast them (gloo and NCCL cannot send the int16 token buffer).
+    return Accelerator(mixed_precision=resolve_mixed_precision(recipe.mixed_precision),
+                       kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+
+
+def resume(accelerator: Accelerator, run: TrainRun, ema: EMA, progress: TrainProgress) -> Checkpointer:
+    """Register the EMA and the progress with the checkpoints, and resume from the newest matching one."""
+    accelerator.register_for_checkpointing(ema)
+    accelerator.register_for_checkpointing(progress)
+    checkpoints = Checkpointer(accelerator, run.checkpoint_dir, run.fingerprint)
+    if (resumed := checkpoints.resume()) is not None:
+        ema.to(accelerator.device)
+        log.info("%s: resumed from %s (step %d of %d)", run.desc, resumed, progress.step, run.recipe.steps)
+    return checkpoints
+
+
+def accumulate_gradients(accelerator: Accelerator, model: torch.nn.Module, batch: MaskedBatch, micro: int,
+                         run: TrainRun, step: int, window: LossWindow) -> None:
+    """The masked-token loss of this process's share of the step's batch, over ``grad_accum``
+    micro-batches of ``micro`` images, backpropagated (gradients synchronised at the last one)."""
+    recipe = run.recipe
+    world, rank = accelerator.num_processes, accelerator.process_index
+    for k in range(recipe.grad_accum):
+        start = (k * world + rank) * micro  # this process's share of micro-batch k
+        part = batch.slice(start, start + micro).to(accelerator.device)
+        torch.manual_seed(derive_seed(run.seed, run.stream, "dropout", step, k, rank))
+        last = k == recipe.grad_accum - 1
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            logits = model(part.inputs, part.labels)
+            loss, correct, count = masked_loss(logits, part, recipe.label_smoothing)
+            accelerator.backward(loss / recipe.grad_accum)
+        window.add(loss, correct, count)
+
+
+def log_and_checkpoint(recipe: TrainConfig, progress: TrainProgress, window: LossWindow, live: LiveLog | None,
+                       bar: Any, lr: float, checkpoints: Checkpointer) -> None:
+    """Every ``log_every`` steps a row of means (DVCLive, the bar); every ``checkpoint_every`` a
+    checkpoint; both at the last step."""
+    last = progress.step == recipe.steps
+    if progress.step % recipe.log_every == 0 or last:
+        row = {"step": progress.step, **window.pop_means(), "lr": lr}
+        progress.history.append(row)
+        if live is not None:
+            live.log(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{progress.tokens_per_s:.0f}",
+                        refresh=False)  # shown at the bar's next refresh: no extra log lines
+    if progress.step % recipe.checkpoint_every == 0 or last:
+        progress.window = window.totals()
+        checkpoints.save(progress.step)
 
 
 def micro_batch_size(recipe: TrainConfig, world: int) -> int:
