@@ -1,10 +1,12 @@
 """Stage ``finetune@{control,permuted,kamig}``: the fair comparison, built into the DAG.
 
-The three variants start from the EMA weights of ``models/base``, add the same knowledge adapter
-(``fusion.adapter``) and train the same parameters for ``kamig.steps`` on the same data order:
-``control`` forces ``fusion.weight = 0`` (no graph signal), ``permuted`` convolves over permuted
-graphs (the null control), ``kamig`` over the graphs. So ``dvc exp run -S fusion.weight=0.5``
-re-runs ``finetune@kamig`` and ``finetune@permuted`` only. Writes ``models/<variant>/``,
+The three variants start from the EMA weights of ``models/base`` and train for ``kamig.steps`` on
+the same data order: ``control`` the output head alone, with no adapter (it reads no ``fusion.*``
+param); ``permuted`` the head and the knowledge adapter (``fusion.adapter``) over permuted graphs
+(the null control); ``kamig`` the head and the same adapter over the graphs. So
+``dvc exp run -S fusion.weight=0.5`` or a graph ablation re-runs ``finetune@kamig`` and
+``finetune@permuted`` only. With ``kamig.init: checkpoint``, ``finetune@kamig`` imports the released
+KA-MIG model instead of training. Writes ``models/<variant>/``,
 ``metrics/train_<variant>.json`` and ``metrics/live/train_<variant>/``; checkpoints in
 ``checkpoints/<variant>/`` (persist). The work is :func:`pipeline.training.finetune.finetune`.
 

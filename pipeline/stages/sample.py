@@ -1,13 +1,13 @@
-"""Stage ``sample@{base,control,kamig}``: class-balanced MaskGIT samples of one trained variant.
+"""Stage ``sample@{base,control,permuted,kamig}``: class-balanced MaskGIT samples of one variant.
 
 Writes ``data/samples/<variant>/`` (tokens in the token-shard schema, :mod:`pipeline.shards`),
 ``metrics/plots/samples_<variant>.png`` (decoded samples, one row per class) and
 ``metrics/sample_<variant>.json`` (throughput, read by ``evaluate@<variant>``; kept out of
 ``data/samples`` so the token folder is byte-identical for a seed). The tokens depend only on
-``seed``, ``sample.*`` and the model, whatever the number of processes. The work is
+``sample.*`` and the model, whatever the number of processes. The work is
 :func:`pipeline.sampling.generate.sample_variant`.
 
-Usage: ``python -m pipeline.stages.sample base|control|kamig`` (or under ``accelerate launch``).
+Usage: ``python -m pipeline.stages.sample base|control|permuted|kamig`` (or under ``accelerate launch``).
 """
 
 from __future__ import annotations
