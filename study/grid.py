@@ -45,6 +45,7 @@ import yaml
 
 from pipeline import layout
 from pipeline.config import DEFAULT_PARAMS, AdapterName, GraphName, config_from_dict, merge_overlay
+from study.records import RECORD_VERSION, checked, read_record
 
 GRAPH_NAMES: tuple[str, ...] = get_args(GraphName)
 ADAPTERS: tuple[str, ...] = get_args(AdapterName)
@@ -154,7 +155,8 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
         return json.loads((metrics_dir / f"{name}.json").read_text())
 
     evaluated = (*layout.GENERATOR_VARIANTS, *layout.FLOORS)
-    return {
+    return checked({
+        "version": RECORD_VERSION,
         "name": run.name,
         "overrides": run.overrides(scale),
         "code_commit": commit,
@@ -165,7 +167,7 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
         "training": {name: read(f"train_{name}") for name in layout.GENERATOR_VARIANTS},
         "sampling": {name: read(f"sample_{name}") for name in layout.GENERATOR_VARIANTS},
         "graphs": read("graphs"),
-    }
+    }, run.name)
 
 
 def warm_start_names(records: Sequence[Mapping[str, Any]], run: Experiment,
@@ -185,5 +187,5 @@ def warm_start_names(records: Sequence[Mapping[str, Any]], run: Experiment,
 
 
 def load_records(results_dir: str | Path) -> list[dict[str, Any]]:
-    """Every record in ``results_dir``, sorted by name."""
-    return [json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))]
+    """Every record in ``results_dir``, sorted by name, each checked (:mod:`study.records`)."""
+    return [read_record(path) for path in sorted(Path(results_dir).glob("*.json"))]

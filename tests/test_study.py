@@ -98,14 +98,16 @@ def test_dvc_arguments_set_every_key_with_lists_in_yaml_form():
 
 def test_a_record_holds_every_variant_and_floor(tmp_path):
     for name in (*layout.GENERATOR_VARIANTS, *layout.FLOORS):
-        (tmp_path / f"eval_{name}.json").write_text(json.dumps({"fid": len(name)}))
+        scores = {"fid": len(name), "precision": 0.7, "recall": 0.4, "class_accuracy": 0.9, "n_samples": 10}
+        (tmp_path / f"eval_{name}.json").write_text(json.dumps(scores))
     for name in layout.GENERATOR_VARIANTS:
         (tmp_path / f"train_{name}.json").write_text("{}")
         (tmp_path / f"sample_{name}.json").write_text(json.dumps({"seconds": 1.0}))
     (tmp_path / "graphs.json").write_text("{}")
     record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path,
                             fingerprints={"tokenizer": "t0", "base": "b0"})
-    assert record["evaluation"]["recon"] == {"fid": 5} and record["evaluation"]["permuted"] == {"fid": 8}
+    assert record["evaluation"]["recon"]["fid"] == 5 and record["evaluation"]["permuted"]["fid"] == 8
+    assert record["version"] == 2
     assert record["fingerprints"] == {"tokenizer": "t0", "base": "b0"}
     assert record["seconds"] == 12.3 and record["overrides"]["kamig.seed"] == 1
     assert record["overrides"]["sample.per_class"] == 500
@@ -203,3 +205,16 @@ def test_workspace_fingerprints_are_the_tokens_tokenizer_and_the_base_tensors(tm
     weights = {"head.weight": torch.arange(6.0).reshape(2, 3), "pos": torch.ones(4)}
     save_weights(weights, layout.model_dir(layout.BASE) / WEIGHTS_FILE)
     assert workspace_fingerprints() == {"tokenizer": "tok123", "base": tensor_fingerprint(weights)}
+
+
+def test_records_are_checked_when_read(tmp_path):
+    from study.grid import load_records
+
+    assert len(load_records(REPO_ROOT / "reports/study")) == 27  # the first study's, version 1
+    good = json.loads((REPO_ROOT / "reports/study/b0-f0.json").read_text())
+    (tmp_path / "b0-f0.json").write_text(json.dumps(good))
+    assert load_records(tmp_path)[0] == good
+    del good["evaluation"]["kamig"]["fid"]
+    (tmp_path / "b0-f1.json").write_text(json.dumps({**good, "name": "b0-f1"}))
+    with pytest.raises(ValueError, match=r"(?s)b0-f1.json is not a valid study record.*evaluation.kamig.fid"):
+        load_records(tmp_path)

@@ -1,0 +1,68 @@
+"""The study's experiment records, typed: what ``reports/study/**/<name>.json`` holds, checked when a
+record is written and when it is read, so that a report is never rendered from a malformed one.
+
+Versions: 1, the records of the first study (no ``version`` key, no fingerprints); 2, with the
+fingerprints of the tokenizer and the base model the experiment ran on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+RECORD_VERSION = 2
+
+
+class Fingerprints(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokenizer: str
+    base: str
+
+
+class Scores(BaseModel):
+    """One variant's (or floor's) ``metrics/eval_*.json``; the report reads these keys."""
+
+    model_config = ConfigDict(extra="allow")
+
+    fid: float
+    fid_se: float | None = None
+    precision: float
+    recall: float
+    class_accuracy: float | None
+    n_samples: int = Field(ge=1)
+
+
+class StudyRecord(BaseModel):
+    """One finished experiment: its settings, every variant's and floor's scores, its cost."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    name: str
+    overrides: dict[str, Any]
+    code_commit: str
+    fingerprints: Fingerprints | None = None
+    seconds: float = Field(ge=0)
+    stages_run: list[str]
+    evaluation: dict[str, Scores]
+    training: dict[str, dict[str, Any]]
+    sampling: dict[str, dict[str, Any]]
+    graphs: dict[str, Any]
+
+
+def checked(record: dict[str, Any], where: str = "record") -> dict[str, Any]:
+    """``record`` validated against :class:`StudyRecord`, as plain JSON data, unchanged."""
+    try:
+        StudyRecord.model_validate(record)
+    except ValidationError as exc:
+        raise ValueError(f"{where} is not a valid study record: {exc}") from None
+    return record
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    import json
+
+    return checked(json.loads(Path(path).read_text()), str(path))
