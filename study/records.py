@@ -1,8 +1,9 @@
 """The study's experiment records, typed: what ``reports/study/**/<name>.json`` holds, checked when a
 record is written and when it is read, so that a report is never rendered from a malformed one.
 
-Versions: 1, the records of the first study (no ``version`` key, no fingerprints); 2, with the
-fingerprints of the tokenizer and the base model the experiment ran on.
+Versions: records without a ``version`` key are 1 (the first study's carry no fingerprints; the
+first records of part two, written before the key existed, do); 2 always carries the fingerprints
+of the tokenizer and the base model the experiment ran on.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 RECORD_VERSION = 2
 
@@ -51,6 +52,12 @@ class StudyRecord(BaseModel):
     training: dict[str, dict[str, Any]]
     sampling: dict[str, dict[str, Any]]
     graphs: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _fingerprinted_from_version_2(self) -> StudyRecord:
+        if self.version >= 2 and self.fingerprints is None:
+            raise ValueError(f"a version {self.version} record carries the fingerprints of its tokenizer and base")
+        return self
 
 
 def checked(record: dict[str, Any], where: str = "record") -> dict[str, Any]:
