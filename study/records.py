@@ -56,7 +56,8 @@ class StudyRecord(BaseModel):
     @model_validator(mode="after")
     def _fingerprinted_from_version_2(self) -> StudyRecord:
         if self.version >= 2 and self.fingerprints is None:
-            raise ValueError(f"a version {self.version} record carries the fingerprints of its tokenizer and base")
+            raise ValueError(f"a version {self.version} record carries the fingerprints of its tokenizer "
+                             "and base model")
         return self
 
 
