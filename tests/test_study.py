@@ -218,3 +218,14 @@ def test_records_are_checked_when_read(tmp_path):
     (tmp_path / "b0-f1.json").write_text(json.dumps({**good, "name": "b0-f1"}))
     with pytest.raises(ValueError, match=r"(?s)b0-f1.json is not a valid study record.*evaluation.kamig.fid"):
         load_records(tmp_path)
+
+
+def test_the_long_sequence_preset_is_a_valid_196_token_scale():
+    preset = REPO_ROOT / "configs/study_196.yaml"
+    scale = study_scale(preset, REPO_ROOT / "params.yaml")
+    from pipeline.config import config_from_dict, merge_overlay
+
+    cfg = config_from_dict(merge_overlay(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()),
+                                         yaml.safe_load(preset.read_text())))
+    side = cfg.data.image_size // 2**cfg.tokenizer.downsamples
+    assert side * side == 196 and scale["tokenizer.downsamples"] == 1
