@@ -137,6 +137,26 @@ def workspace_fingerprints() -> dict[str, str]:
             "base": tensor_fingerprint(load_weights(layout.model_dir(layout.BASE) / WEIGHTS_FILE))}
 
 
+def machine() -> dict[str, Any]:
+    """What a record's times were measured on: the CPU count and model (a GPU's name when torch
+    sees one)."""
+    import os
+    import platform
+
+    import torch
+
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "processor": cpu_model() or platform.machine(), "gpu": gpu}
+
+
+def cpu_model() -> str | None:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
+
+
 def fingerprint_conflicts(record: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Names of ``records`` on ``record``'s base seed whose tokenizer or base model differs from its
     own (a record without fingerprints differs from every record with them)."""
@@ -161,6 +181,7 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
         "overrides": run.overrides(scale),
         "code_commit": commit,
         "fingerprints": dict(fingerprints if fingerprints is not None else workspace_fingerprints()),
+        "machine": machine(),
         "seconds": round(seconds, 1),
         "stages_run": stages_run,
         "evaluation": {name: read(f"eval_{name}") for name in evaluated},

@@ -27,6 +27,7 @@ from study.report import (
     contrast,
     contrast_rows,
     fid,
+    machine_of,
     matched,
     mean_fid,
     overrides,
@@ -120,8 +121,9 @@ def design_lines(records: Sequence[Record], label: str) -> list[str]:
     minutes = statistics.median(r["seconds"] / 60 for r in records)
     prints = first.get("fingerprints", {})
     return [f"* {label}: {len(records)} experiments, {first['evaluation']['kamig']['n_samples']:,} samples "
-            f"per variant, {minutes:.1f} min per experiment (median; the first on a base model also trains "
-            f"it); tokenizer `{prints.get('tokenizer')}`, base model `{prints.get('base')}`."]
+            f"per variant, {minutes:.1f} min per experiment on a {machine_of(records)} (median; the first "
+            f"on a base model also trains it); tokenizer `{prints.get('tokenizer')}`, base model "
+            f"`{prints.get('base')}`."]
 
 
 def render_part_two(adapters: Sequence[Record], long: Sequence[Record],

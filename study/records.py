@@ -46,6 +46,7 @@ class StudyRecord(BaseModel):
     overrides: dict[str, Any]
     code_commit: str
     fingerprints: Fingerprints | None = None
+    machine: dict[str, Any] | None = None  # cpus, processor, gpu: what ``seconds`` was measured on
     seconds: float = Field(ge=0)
     stages_run: list[str]
     evaluation: dict[str, Scores]
