@@ -64,130 +64,77 @@ def _is_section(tp: Any) -> bool:
     return typing.get_origin(tp) is None and isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
-def _item_type(tp: Any, part: Any) -> Any:
-    """The declared type one step below ``tp`` (a tuple/list index or a dict key)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is dict:
-        return args[1]
-    if typing.get_origin(tp) is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-        return args[part] if isinstance(part, int) and part < len(args) else args[0]
-    return args[0]
+# What pydantic's error type says was expected, in this package's words.
+_EXPECTED = {"int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
+             "bool_type": "true or false", "string_type": "a string", "tuple_type": "a list",
+             "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
+_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
-def _order(model: type[BaseModel], loc: tuple[Any, ...]) -> list[int]:
-    """Sort key reproducing the order keys are checked in: a section's unknown keys first, then
-    its fields in schema order, depth first."""
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[int], Any, bool, type[BaseModel], str]:
+    """Along pydantic's error location: a sort key (a section's unknown keys first, then its fields
+    in schema order), the last field met, whether the location goes on into its items, the last
+    section and the dotted key."""
     rank: list[int] = []
-    tp: Any = model
+    field, in_item, section, key, tp = None, False, model, "", model
     for part in loc:
         tp = _unwrap(tp)
-        if _is_section(tp):
-            if part not in tp.model_fields:
-                rank.append(0)
-                break
+        if _is_section(tp) and part in tp.model_fields:
+            section, field, in_item = tp, tp.model_fields[part], False
             rank.append(list(tp.model_fields).index(part) + 1)
-            tp = tp.model_fields[part].annotation
-        else:
-            rank.append(part if isinstance(part, int) else 0)
-            tp = _item_type(tp, part)
-    return rank
+            key, tp = f"{key}.{part}" if key else part, field.annotation
+            continue
+        rank.append(part if isinstance(part, int) else 0)
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        if _is_section(tp):  # an unknown key of this section
+            section, field = tp, None
+            break
+        in_item = True
+        tp = typing.get_args(tp)[0] if typing.get_args(tp) else tp
+    return rank, field, in_item, section, key
 
 
-_MISSING = object()
-
-
-def _child(value: Any, part: Any) -> Any:
-    if isinstance(value, Mapping):
-        return value.get(part, _MISSING)
-    if isinstance(value, (list, tuple)) and isinstance(part, int) and 0 <= part < len(value):
-        return value[part]
-    if isinstance(value, BaseModel):
-        return getattr(value, str(part), _MISSING)
-    return _MISSING
-
-
-_BOUND_TEXT = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-
-
-def _bounds(field: Any) -> dict[str, float]:
-    """A field's ``Field(gt=, ge=, lt=, le=)`` bounds, lower bound first."""
-    found = {}
-    for meta in field.metadata:  # pydantic keeps each bound as an annotated_types Gt/Ge/Lt/Le
-        for name in _BOUND_TEXT:
-            if getattr(meta, name, None) is not None:
-                found[name] = getattr(meta, name)
-    return {name: found[name] for name in _BOUND_TEXT if name in found}
-
-
-def _bounds_text(bounds: Mapping[str, float]) -> str:
-    return "".join(f"{' and' if i else ''} {_BOUND_TEXT[k]} {v}" for i, (k, v) in enumerate(bounds.items()))
-
-
-def _name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _expected(tp: Any, bounds: Mapping[str, float]) -> str:
-    tp = _unwrap(tp)
-    origin = typing.get_origin(tp)
-    if _is_section(tp):
-        return "a mapping of keys"
-    if tp is bool:
-        return "true or false"
-    if tp is int:
-        return "an integer" + _bounds_text(bounds)
-    if tp is float:
-        return "a number" + _bounds_text(bounds)
-    if tp is str:
-        return "a string"
-    if origin in (tuple, list):
-        return f"a list of {_name(typing.get_args(tp)[0])}"
-    if origin is dict:
-        return "a mapping"
-    return _name(tp)
-
-
-def _unknown_key_message(prefix: str, key: str, allowed: list[str]) -> str:
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    section = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
-    return f"unknown key '{prefix}{key}'{hint}. Allowed keys in {section}: {', '.join(allowed)}"
+def _bounds(field: Any) -> str:
+    """`` > 0.0 and < 1.0``: a field's ``Field(gt=, ge=, lt=, le=)`` bounds, lower bound first."""
+    found = {name: getattr(meta, name) for meta in (field.metadata if field else ())
+             for name in _BOUND_TEXT if getattr(meta, name, None) is not None}
+    return " and".join(f" {_BOUND_TEXT[name]} {found[name]}" for name in _BOUND_TEXT if name in found)
 
 
 def error_message(exc: ValidationError, model: type[BaseModel], raw: Any) -> str:
-    """The message for the first of pydantic's errors, naming the dotted key and what is allowed."""
-    error = min(exc.errors(include_url=False), key=lambda e: _order(model, e["loc"]))
-    loc, kind = error["loc"], error["type"]
+    """The message for the first of pydantic's errors (in the order the keys are checked), naming
+    the dotted key and what is allowed, or the closest valid key for an unknown one."""
+    error = min(exc.errors(include_url=False), key=lambda e: _walk(model, e["loc"])[0])
+    kind, value = error["type"], error.get("input")
     if kind == "value_error":  # a cross-field check: its message is complete
         return str(error["ctx"]["error"])
-    tp: Any = model
-    key, value, bounds = "", raw, {}
-    for i, part in enumerate(loc):
-        tp = _unwrap(tp)
-        if _is_section(tp):
-            if part not in tp.model_fields:  # extra_forbidden, or a key that is not a string
-                return _unknown_key_message(f"{key}." if key else "", str(part), list(tp.model_fields))
-            field = tp.model_fields[part]
-            tp, bounds, key = field.annotation, _bounds(field), f"{key}.{part}" if key else part
-        else:
-            if typing.get_origin(tp) is tuple and kind == "missing" and i == len(loc) - 1:
-                break  # a fixed-length tuple given too few values
-            item = f"[{part}]" if isinstance(part, int) else f".{part}"
-            tp, bounds, key = _item_type(tp, part), {}, f"{key}{item}"
-        child = _child(value, part)
-        value = error["input"] if child is _MISSING else child
-    tp = _unwrap(tp)
-    args = typing.get_args(tp)
-    fixed_tuple = typing.get_origin(tp) is tuple and args[-1] is not Ellipsis
-    if fixed_tuple and kind in {"missing", "too_short", "too_long"}:
-        return f"'{key}' must be a list of {len(args)} values, got {value!r}"
-    if kind in _BOUND_ERRORS:
-        shown = float(value) if tp is float else value
-        return f"'{key}' must be{_bounds_text(bounds)}, got {shown!r}"
-    return f"'{key or 'the top level'}' must be {_expected(tp, bounds)}, got {value!r}"
+    _, field, in_item, section, key = _walk(model, error["loc"])
+    if kind == "extra_forbidden":
+        prefix, name = key.rpartition(".")[0], key.rpartition(".")[2]
+        allowed = list(section.model_fields)
+        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+        hint = f" (did you mean '{prefix + '.' if prefix else ''}{close[0]}'?)" if close else ""
+        return (f"unknown key '{key}'{hint}. Allowed keys in {repr(prefix) if prefix else 'the top level'}: "
+                f"{', '.join(allowed)}")
+    annotation = _unwrap(field.annotation) if field else None
+    if kind in {"missing", "too_short", "too_long"} and typing.get_origin(annotation) is tuple:
+        length = len(typing.get_args(annotation))
+        return f"'{key.partition('[')[0]}' must be a list of {length} values, got {list(value)!r}"
+    if in_item:  # an item of a list: its own type, no bounds
+        field, annotation = None, None
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        return f"'{key}' must be{_bounds(field)}, got {float(value) if annotation is float else value!r}"
+    if kind == "literal_error":
+        expected = error["ctx"]["expected"]  # pydantic's "'a', 'b' or 'c'", or our own tuple
+        shown = (expected.replace(" or ", ", ") if isinstance(expected, str)
+                 else ", ".join(map(repr, expected)))
+        return f"'{key}' must be one of {shown}, got {value!r}"
+    expected = _EXPECTED.get(kind, error["msg"].removeprefix("Input should be ").lower())
+    if expected == "a list" and typing.get_args(annotation):
+        item = typing.get_args(annotation)[0]
+        allowed = ", ".join(map(repr, typing.get_args(item)))
+        expected = f"a list of {f'one of {allowed}' if typing.get_origin(item) is Literal else item.__name__}"
+    return f"'{key or 'the top level'}' must be {expected}{_bounds(field)}, got {value!r}"
 
 
 def plain(obj: Any) -> Any:
