@@ -87,9 +87,12 @@ class Experiment:
 
     def overrides(self, scale: Mapping[str, Any]) -> dict[str, Any]:
         """The scale's settings and every grid param, explicitly, as ``dvc exp run -S`` values."""
-        return {**scale, "seed": self.base_seed, "kamig.seed": self.finetune_seed,
-                "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at,
-                "fusion.adapter": self.adapter}
+        overrides = {**scale, "seed": self.base_seed, "kamig.seed": self.finetune_seed,
+                     "fusion.graphs": list(self.graphs), "fusion.negative_at": self.negative_at,
+                     "fusion.adapter": self.adapter}
+        if self.adapter == "official":  # the published layer has no class-marginal null term
+            overrides["fusion.null_negative"] = "zero"
+        return overrides
 
 
 def experiment(base: int, ft: int, graphs: Sequence[str] = GRAPH_NAMES,

@@ -45,6 +45,19 @@ def test_each_adapter_runs_every_main_seed_back_to_back():
     runs = study_grid([0, 1], adapters=("pipeline", "official"))
     assert [run.name for run in runs] == ["b0-f0", "b0-f0-official", "b0-f1", "b0-f1-official"]
     assert runs[1].overrides({})["fusion.adapter"] == "official" and runs[1].finetune_seed == 0
+    # Every official experiment's params pass the config's official-mode check.
+    from pipeline.config import config_from_dict, merge_overlay
+
+    scale = study_scale(REPO_ROOT / STUDY_PRESET, REPO_ROOT / "params.yaml")
+    for run in runs:
+        nested: dict = {}
+        for dotted_key, value in run.overrides(scale).items():
+            *parents, key = dotted_key.split(".")
+            section = nested
+            for name in parents:
+                section = section.setdefault(name, {})
+            section[key] = value
+        config_from_dict(merge_overlay(yaml.safe_load((REPO_ROOT / "params.yaml").read_text()), nested))
     with pytest.raises(ValueError, match="ours"):
         study_grid([0], adapters=("ours",))
 
