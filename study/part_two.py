@@ -64,8 +64,8 @@ def knowledge_answer(cell: Sequence[Record], adapter: str, tokens: str) -> str:
         return f"not measured yet ({tokens}, {ADAPTER_NAMES[adapter]})."
     effect, null = contrast(cell, "kamig", "permuted"), mean_fid(cell, "permuted")
     gap = mean_fid(cell, "kamig") - mean_fid(cell, "recon")
-    return (f"KA-MIG − its null = {effect.mean:+.2f} FID, {percent_with_ci(effect, null)}, over {effect.n} "
-            f"fine-tune seeds: **{verdict(effect, null)}**. KA-MIG's FID {mean_fid(cell, 'kamig'):.2f} is "
+    return (f"KA-MIG − its null = {effect.mean:+.2f} FID, {percent_with_ci(effect, null)}, over "
+            f"{seeds(effect.n)}: **{verdict(effect, null)}**. KA-MIG's FID {mean_fid(cell, 'kamig'):.2f} is "
             f"{gap:.2f} above the tokenizer floor (gFID − rFID).")
 
 
@@ -80,10 +80,10 @@ def adapter_answer(ours: Sequence[Record], official: Sequence[Record]) -> str:
                        - (fid(by_seed[s], "kamig") - fid(by_seed[s], "permuted"))
                        for r in official if (s := overrides(r)["kamig.seed"]) in by_seed)
     low, high = effects.interval
-    return (f"official − ours, KA-MIG's FID on the same {kamig.n} seeds = {kamig.mean:+.2f}, "
+    interval = f"95% CI {low:+.2f} to {high:+.2f}" if effects.n > 1 else "one seed: no interval"
+    return (f"official − ours, KA-MIG's FID on the same {seeds(kamig.n)} = {kamig.mean:+.2f}, "
             f"{percent_with_ci(kamig, reference)}: **{verdict(kamig, reference)}**. Their knowledge "
-            f"effects differ by {effects.mean:+.2f} FID (official − ours, paired; 95% CI {low:+.2f} to "
-            f"{high:+.2f}).")
+            f"effects differ by {effects.mean:+.2f} FID (official − ours, paired; {interval}).")
 
 
 def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str) -> str:
@@ -100,7 +100,7 @@ def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str)
     else:
         outcome = "inconclusive"
     return (f"with {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 tokens "
-            f"({at_196.n} seeds) against {at_49.mean:+.1%} at 49 ({at_49.n} seeds): 196 − 49 = {gap:+.1%} "
+            f"({seeds(at_196.n)}) against {at_49.mean:+.1%} at 49 ({seeds(at_49.n)}): 196 − 49 = {gap:+.1%} "
             f"(Welch 95% CI {low:+.1%} to {high:+.1%}; MDE {mde:.1%}): **{outcome}**. One base model per "
             "length cannot separate length from base-to-base variance: at 49 tokens two bases' effects "
             "differed by 0.65 FID (reports/fashion_mnist.md).")
@@ -114,16 +114,26 @@ def series_section(records: Sequence[Record], adapter: str) -> list[str]:
     return [*variant_table(cell), "", *table(CONTRAST_HEADER, contrast_rows(cell))]
 
 
+def seeds(n: int) -> str:
+    return f"{n} fine-tune seed{'' if n == 1 else 's'}"
+
+
 def design_lines(records: Sequence[Record], label: str) -> list[str]:
+    """Size, cost per arm (the median experiment that did not also train the base model) and the
+    models the series ran on."""
     if not records:
         return [f"* {label}: no record yet."]
     first = records[0]
-    minutes = statistics.median(r["seconds"] / 60 for r in records)
+    costs = []
+    for adapter in sorted({overrides(r).get("fusion.adapter", "pipeline") for r in records}):
+        arm = [r for r in records if overrides(r).get("fusion.adapter", "pipeline") == adapter]
+        typical = [r for r in arm if "train_base" not in r.get("stages_run", ())] or arm
+        minutes = statistics.median(r["seconds"] / 60 for r in typical)
+        costs.append(f"{minutes:.1f} min per experiment with {ADAPTER_NAMES[adapter]}")
     prints = first.get("fingerprints", {})
     return [f"* {label}: {len(records)} experiments, {first['evaluation']['kamig']['n_samples']:,} samples "
-            f"per variant, {minutes:.1f} min per experiment on a {machine_of(records)} (median; the first "
-            f"on a base model also trains it); tokenizer `{prints.get('tokenizer')}`, base model "
-            f"`{prints.get('base')}`."]
+            f"per variant; {', '.join(costs)} (medians, on a {machine_of(records)}); tokenizer "
+            f"`{prints.get('tokenizer')}`, base model `{prints.get('base')}`."]
 
 
 def render_part_two(adapters: Sequence[Record], long: Sequence[Record],
@@ -140,7 +150,7 @@ def render_part_two(adapters: Sequence[Record], long: Sequence[Record],
         "", "## Answers", "",
         f"1. **Does the published adapter's knowledge help at 7 × 7 tokens?** "
         f"{knowledge_answer(official, 'official', '7 × 7 tokens')}",
-        f"   With this pipeline's adapter, on the same seeds: {knowledge_answer(ours, 'pipeline', '7 × 7')}",
+        f"   With this pipeline's adapter: {knowledge_answer(ours, 'pipeline', '7 × 7')}",
         f"2. **Is it better or worse than ours?** {adapter_answer(ours, official)}",
         f"3. **Does the knowledge effect grow with sequence length?** "
         f"{length_answer(short_same, long_cell, long_adapter)}",
