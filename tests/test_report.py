@@ -168,3 +168,20 @@ def test_the_welch_line_says_which_base_is_subtracted():
              for ft, e in enumerate([0.1, -0.1, 0.05])]
     gap = -1.0 - (0.05 / 3)
     assert f"`seed` 0's effect − `seed` 1's = {gap:+.2f}" in render_report(base0 + base1)
+
+
+def test_the_committed_reports_regenerate_byte_identically_from_the_records():
+    """The reports are generated from the committed records alone: rendering them again gives the
+    committed files (``python scripts/make_report.py`` after every new record)."""
+    import json
+
+    from study.grid import load_records
+    from study.part_two import render_part_two
+    from tests.helpers import REPO_ROOT
+
+    reports = REPO_ROOT / "reports"
+    noise = json.loads((reports / "sampling_noise.json").read_text())
+    assert render_report(load_records(reports / "study"), sampling_noise=noise) == \
+        (reports / "fashion_mnist.md").read_text()
+    part_two = render_part_two(load_records(reports / "study/adapters"), load_records(reports / "study/long"))
+    assert part_two == (reports / "part_two.md").read_text()
