@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from study.report import (
     CONTRAST_HEADER,
+    TARGET_EFFECT,
     Record,
     contrast,
     contrast_rows,
@@ -96,7 +97,7 @@ def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str)
     mde = welch_mde(at_196, at_49)
     if low > 0 or high < 0:
         outcome = f"detected: the effect is {'stronger' if high < 0 else 'weaker'} at 196 tokens"
-    elif max(abs(low), abs(high)) <= 0.08:
+    elif max(abs(low), abs(high)) <= TARGET_EFFECT:
         outcome = f"a change beyond ±{max(abs(low), abs(high)):.1%} of FID is ruled out"
     else:
         outcome = "inconclusive"

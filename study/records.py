@@ -8,6 +8,7 @@ of the tokenizer and the base model the experiment ran on.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,4 @@ def checked(record: dict[str, Any], where: str = "record") -> dict[str, Any]:
 
 
 def read_record(path: str | Path) -> dict[str, Any]:
-    import json
-
     return checked(json.loads(Path(path).read_text()), str(path))
