@@ -52,6 +52,7 @@ from study.grid import (
     dvc_set_arguments,
     fingerprint_conflicts,
     load_records,
+    stage_durations,
     study_grid,
     study_scale,
     warm_start_names,
@@ -64,6 +65,19 @@ ENV = {**os.environ, "PATH": os.pathsep.join([os.path.dirname(sys.executable), o
 
 def dvc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=ENV)
+
+
+def timed_exp_run(*args: str) -> tuple[int, str, list[tuple[float, str]]]:
+    """``dvc exp run *args``: (return code, its output, (seconds since start, stage) as each stage
+    started). The output is read as it comes, so each stage's start is timed."""
+    started, starts, lines = time.time(), [], []
+    with subprocess.Popen([sys.executable, "-m", "dvc", "exp", "run", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=ENV) as proc:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("Running stage"):
+                starts.append((time.time() - started, line.split("'")[1]))
+    return proc.returncode, "".join(lines), starts
 
 
 def head_commit() -> str:
@@ -144,16 +158,16 @@ def main() -> int:
         # A name left by an interrupted run would make DVC refuse to run it again.
         dvc("exp", "remove", run.name)
         run_started = time.time()
-        result = dvc("exp", "run", "--name", run.name, *settings)
+        returncode, output, starts = timed_exp_run("--name", run.name, *settings)
         seconds = time.time() - run_started
-        stages = [line.split("'")[1] for line in result.stdout.splitlines()
-                  if line.startswith("Running stage")]
+        stages = [stage for _, stage in starts]
         print(f"    {seconds / 60:.1f} min; ran {', '.join(stages) or 'nothing'}", flush=True)
-        if result.returncode != 0:
+        if returncode != 0:
             failed.append(run.name)
-            print(result.stdout[-2000:] + result.stderr[-2000:], file=sys.stderr)
+            print(output[-4000:], file=sys.stderr)
             continue
-        record = collect_record(run, scale, seconds, stages, commit)
+        record = collect_record(run, scale, seconds, stages, commit,
+                                stage_seconds=stage_durations(starts, seconds))
         text = json.dumps(record, indent=2, sort_keys=True) + "\n"
         conflicts = fingerprint_conflicts(record, load_records(results))
         if conflicts:

@@ -169,11 +169,20 @@ def fingerprint_conflicts(record: Mapping[str, Any], records: Sequence[Mapping[s
             and other.get("fingerprints") != record.get("fingerprints")]
 
 
+def stage_durations(starts: Sequence[tuple[float, str]], end: float) -> dict[str, float]:
+    """Each stage's seconds, from when it started until the next one did (or ``end``, the whole
+    experiment's seconds): DVC's bookkeeping between stages counts to the stage before it."""
+    ends = [at for at, _ in starts[1:]] + [end]
+    return {stage: round(stop - at, 1) for (at, stage), stop in zip(starts, ends, strict=True)}
+
+
 def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, stages_run: list[str],
                    commit: str, metrics_dir: Path = layout.METRICS_DIR,
-                   fingerprints: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   fingerprints: Mapping[str, str] | None = None,
+                   stage_seconds: Mapping[str, float] | None = None) -> dict[str, Any]:
     """The record of a finished experiment, from the metrics files it left in the workspace
-    (``fingerprints``: :func:`workspace_fingerprints` unless given)."""
+    (``fingerprints``: :func:`workspace_fingerprints` unless given; ``stage_seconds``:
+    :func:`stage_durations`)."""
     def read(name: str) -> dict[str, Any]:
         return json.loads((metrics_dir / f"{name}.json").read_text())
 
@@ -187,6 +196,7 @@ def collect_record(run: Experiment, scale: Mapping[str, Any], seconds: float, st
         "machine": machine(),
         "seconds": round(seconds, 1),
         "stages_run": stages_run,
+        **({"stage_seconds": dict(stage_seconds)} if stage_seconds is not None else {}),
         "evaluation": {name: read(f"eval_{name}") for name in evaluated},
         "training": {name: read(f"train_{name}") for name in layout.GENERATOR_VARIANTS},
         "sampling": {name: read(f"sample_{name}") for name in layout.GENERATOR_VARIANTS},

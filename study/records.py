@@ -50,6 +50,8 @@ class StudyRecord(BaseModel):
     machine: dict[str, Any] | None = None  # cpus, processor, gpu: what ``seconds`` was measured on
     seconds: float = Field(ge=0)
     stages_run: list[str]
+    # Each stage's share of ``seconds``; recorded from part two's 14 x 14 series on.
+    stage_seconds: dict[str, float] | None = None
     evaluation: dict[str, Scores]
     training: dict[str, dict[str, Any]]
     sampling: dict[str, dict[str, Any]]

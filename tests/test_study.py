@@ -20,6 +20,7 @@ from study.grid import (
     dotted,
     dvc_set_arguments,
     experiment,
+    stage_durations,
     study_grid,
     study_scale,
     warm_start_names,
@@ -117,13 +118,17 @@ def test_a_record_holds_every_variant_and_floor(tmp_path):
         (tmp_path / f"train_{name}.json").write_text("{}")
         (tmp_path / f"sample_{name}.json").write_text(json.dumps({"seconds": 1.0}))
     (tmp_path / "graphs.json").write_text("{}")
-    record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig"], "abc", metrics_dir=tmp_path,
-                            fingerprints={"tokenizer": "t0", "base": "b0"})
+    starts = [(0.5, "finetune@kamig"), (7.25, "sample@kamig")]
+    record = collect_record(experiment(0, 1), SCALE, 12.34, ["finetune@kamig", "sample@kamig"], "abc",
+                            metrics_dir=tmp_path, fingerprints={"tokenizer": "t0", "base": "b0"},
+                            stage_seconds=stage_durations(starts, 12.34))
     assert record["evaluation"]["recon"]["fid"] == 5 and record["evaluation"]["permuted"]["fid"] == 8
     assert record["version"] == 2
     assert record["fingerprints"] == {"tokenizer": "t0", "base": "b0"}
     assert record["seconds"] == 12.3 and record["overrides"]["kamig.seed"] == 1
     assert record["overrides"]["sample.per_class"] == 500
+    # Each stage runs until the next starts; the last until the experiment ends.
+    assert record["stage_seconds"] == {"finetune@kamig": 6.8, "sample@kamig": 5.1}
 
 
 def test_the_runner_skips_experiments_that_have_a_record(tmp_path):
