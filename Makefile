@@ -75,8 +75,9 @@ study-long: setup data
 report: setup
 	$(BIN)/python scripts/make_report.py
 
+# As modules: run as a script, benchmarks/tokenize.py would shadow the standard library's tokenize.
 bench: setup
-	for script in benchmarks/*.py; do $(BIN)/python $$script || exit 1; done
+	for script in benchmarks/*.py; do $(BIN)/python -m benchmarks.$$(basename $$script .py) || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)
