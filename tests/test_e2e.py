@@ -116,8 +116,10 @@ def test_graph_ablation_reuses_the_control(repo):
 
 
 def test_a_queued_grid_runs(repo):
+    """Two queued points, run by a queue worker. One is the baseline's weight (1.0), whose stages
+    the queued run restores from the shared run-cache, so the grid costs one fine-tune."""
     path, _ = repo
-    run(["dvc", "exp", "run", "--queue", "-S", "fusion.weight=0,0.25"], path)
+    run(["dvc", "exp", "run", "--queue", "-S", "fusion.weight=1.0,0.25"], path)
     run(["dvc", "queue", "start", "--jobs", "1"], path)
     deadline = time.monotonic() + 600
     while True:
@@ -128,7 +130,7 @@ def test_a_queued_grid_runs(repo):
     assert len(re.findall(r"\bSuccess\b", status)) == 2, status
     weights = {row["fusion.weight"] for row in experiment_rows(
         json.loads(run(["dvc", "exp", "show", "--json"], path).stdout))}
-    assert {0.0, 0.25} <= weights
+    assert {1.0, 0.25} <= weights
 
 
 def experiment_rows(shown) -> list[dict]:
