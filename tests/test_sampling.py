@@ -115,7 +115,17 @@ def test_cfg_scale_zero_is_the_conditional_logits():
     assert len(model.calls) == 1  # conditional and unconditional batched into one call
     batched_tokens, batched_labels = model.calls[0]
     assert batched_tokens.shape[0] == 6 and batched_labels.tolist() == [0, 1, 3, NULL, NULL, NULL]
-    torch.testing.assert_close(guided, cond + 2.0 * (cond - uncond))
+    # Computed in place on its own tensor, yet bit for bit the textbook expression.
+    assert torch.equal(guided, cond + 2.0 * (cond - uncond))
+
+
+def test_the_in_place_gumbel_noise_is_minus_log_minus_log_uniform_bit_for_bit():
+    from pipeline.sampling.decode import _gumbel
+
+    shape = torch.Size((4, L, K + 3))
+    noise = _gumbel(shape, torch.Generator().manual_seed(3), torch.device("cpu"))
+    uniform = torch.rand(shape, generator=torch.Generator().manual_seed(3)).clamp(1e-20, 1.0)
+    assert torch.equal(noise, -torch.log((-torch.log(uniform)).clamp_min(1e-20)))
 
 
 def test_decoding_with_cfg_zero_ignores_the_unconditional_prediction():
