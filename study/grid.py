@@ -111,15 +111,16 @@ def study_grid(finetune_seeds: Sequence[int], second_base_seeds: Sequence[int] =
                ablation_seeds: Sequence[int] = (), negative_seeds: Sequence[int] = (),
                adapters: Sequence[str] = ("pipeline",)) -> list[Experiment]:
     """The experiments in running order: the main comparison first, so a partial study is useful.
-    Each of its seeds runs once per adapter in ``adapters``, one after the other, so that the second
-    re-uses the first's control (which does not depend on the adapter)."""
+    Each of its seeds, and each seed on the second base model, runs once per adapter in
+    ``adapters``, one after the other, so that the second re-uses the first's control (which does
+    not depend on the adapter)."""
     unknown = sorted(set(adapters) - set(ADAPTERS))
     if unknown:
         raise ValueError(f"unknown adapter(s) {unknown}; choose from {list(ADAPTERS)}")
     runs = [experiment(0, ft, adapter=adapter) for ft in finetune_seeds for adapter in adapters]
     runs += [experiment(0, ft, negative_at="masked") for ft in negative_seeds]
     runs += [experiment(0, ft, graphs=(graph,)) for ft in ablation_seeds for graph in GRAPH_NAMES]
-    runs += [experiment(1, ft) for ft in second_base_seeds]
+    runs += [experiment(1, ft, adapter=adapter) for ft in second_base_seeds for adapter in adapters]
     return runs
 
 

@@ -167,6 +167,8 @@ def render_part_two(adapters: Sequence[Record], long: Sequence[Record],
         f"3. **Does the knowledge effect grow with sequence length?** "
         f"{length_answer(short_same, long_cell, long_adapter)}",
         f"   At 14 × 14 tokens: {knowledge_answer(long_cell, long_adapter, '14 × 14 tokens')}",
+        f"   On a second 14 × 14 base model (seed 1): "
+        f"{knowledge_answer(select(long, base=1, adapter=long_adapter), long_adapter, '14 × 14, base 1')}",
         "", "## Design", "",
         *design_lines(adapters, "7 × 7 tokens, both adapters"),
         *design_lines(long, "14 × 14 tokens"),

@@ -14,8 +14,9 @@ from study.stats import Estimate, welch_mde
 PRINTS = {"tokenizer": "t1", "base": "b1"}
 
 
-def _record(ft: int, adapter: str, kamig: float, null: float, prints=PRINTS, recon: float = 25.0) -> dict:
-    run = experiment(0, ft, adapter=adapter)
+def _record(ft: int, adapter: str, kamig: float, null: float, prints=PRINTS, recon: float = 25.0,
+            base: int = 0) -> dict:
+    run = experiment(base, ft, adapter=adapter)
     fids = {"base": 50.0, "control": 48.0, "permuted": null, "kamig": kamig, "real": 2.0, "recon": recon}
     evaluation = {name: {"fid": value, "fid_se": 1.0, "precision": 0.7, "recall": 0.4, "class_accuracy": 0.9,
                          "n_samples": 5000} for name, value in fids.items()}
@@ -99,3 +100,17 @@ def test_answers_before_the_planned_seeds_are_marked_interim():
     ten = [_record(s, adapter, 45.0 + 0.1 * s, 46.0)
            for s in range(10) for adapter in ("pipeline", "official")]
     assert "Interim" not in render_part_two(ten, long)
+
+
+def test_a_second_long_base_is_answered_apart_from_the_first():
+    adapters, long = _series()
+    second_k, second_n = [31.0, 31.4, 30.2], [31.5, 31.1, 31.0]
+    second = [_record(s, "official", k, n, prints={"tokenizer": "t2", "base": "b3"}, recon=10.0, base=1)
+              for s, (k, n) in enumerate(zip(second_k, second_n))]
+    answers = render_part_two(adapters, long + second).split("## Design")[0]
+    diffs = np.subtract(second_k, second_n)
+    line = next(line for line in answers.splitlines() if "second 14 × 14 base" in line)
+    assert f"KA-MIG − its null = {diffs.mean():+.2f} FID" in line and "over 3 fine-tune seeds" in line
+    # The first base's answers, the length comparison included, ignore the second base's records.
+    without = render_part_two(adapters, long).split("## Design")[0].splitlines()
+    assert [x for x in answers.splitlines() if x != line] == [x for x in without if "second 14 × 14" not in x]

@@ -45,6 +45,10 @@ def test_grid_order_names_and_overrides():
 def test_each_adapter_runs_every_main_seed_back_to_back():
     runs = study_grid([0, 1], adapters=("pipeline", "official"))
     assert [run.name for run in runs] == ["b0-f0", "b0-f0-official", "b0-f1", "b0-f1-official"]
+    # The second base model runs the same adapters (the 14 x 14 series: the official one alone).
+    second = study_grid([0], second_base_seeds=[0, 1], adapters=("official",))
+    assert [run.name for run in second] == ["b0-f0-official", "b1-f0-official", "b1-f1-official"]
+    assert {run.overrides({})["fusion.adapter"] for run in second} == {"official"}
     assert runs[1].overrides({})["fusion.adapter"] == "official" and runs[1].finetune_seed == 0
     # Every official experiment's params pass the config's official-mode check.
     from pipeline.config import config_from_dict, merge_overlay
