@@ -65,12 +65,14 @@ study-adapters: setup data
 	$(BIN)/python scripts/run_experiments.py --results reports/study/adapters --adapters pipeline official \
 		--finetune-seeds 0 1 2 3 4 5 6 7 8 9 --second-base --ablation --negative $(ARGS)
 
-# The official adapter at 14 x 14 tokens (reports/study/long/; its plan: docs/study.md, "Part two").
-# Five fine-tune seeds, the minimum; the plan in docs/study.md sets the count from the measured cost.
-LONG_SEEDS ?= 0 1 2 3 4
+# The official adapter at 14 x 14 tokens (reports/study/long/). Its plan (docs/study.md, "Part
+# two"): ten fine-tune seeds on base model 0, then five on a second base model (seed 1).
+LONG_SEEDS ?= 0 1 2 3 4 5 6 7 8 9
+LONG_SECOND_BASE ?= 0 1 2 3 4
 study-long: setup data
 	$(BIN)/python scripts/run_experiments.py --preset configs/study_196.yaml --results reports/study/long \
-		--adapters official --finetune-seeds $(LONG_SEEDS) --second-base --ablation --negative $(ARGS)
+		--adapters official --finetune-seeds $(LONG_SEEDS) --second-base $(LONG_SECOND_BASE) \
+		--ablation --negative $(ARGS)
 
 report: setup
 	$(BIN)/python scripts/make_report.py

@@ -99,7 +99,21 @@ def test_answers_before_the_planned_seeds_are_marked_interim():
     assert interim in render_part_two(adapters, long)
     ten = [_record(s, adapter, 45.0 + 0.1 * s, 46.0)
            for s in range(10) for adapter in ("pipeline", "official")]
-    assert "Interim" not in render_part_two(ten, long)
+    text = render_part_two(ten, long)
+    assert "7 × 7 seeds per adapter are recorded" not in text
+    # The 14 x 14 series has its own plan: 5 of its 10 seeds.
+    assert "*Interim: 5 of the 10 planned 14 × 14 seeds on base 0 are recorded; answer 3 is" in text
+    long_ten = [_record(s, "official", 30.0, 31.0 + 0.1 * s, prints={"tokenizer": "t2", "base": "b2"})
+                for s in range(10)]
+    assert "Interim" not in render_part_two(ten, long_ten)
+
+
+def test_one_long_replicate_gives_its_effect_and_no_interval():
+    adapters, long = _series()
+    answer = render_part_two(adapters, long[:1]).split("## Design")[0]
+    effect = (LONG_K[0] - LONG_N[0]) / LONG_N[0]
+    assert f"the knowledge effect is {effect:+.1%} of FID at 196 tokens (1 fine-tune seed)" in answer
+    assert "no interval until each length has two replicates" in answer and "nan" not in answer
 
 
 def test_a_second_long_base_is_answered_apart_from_the_first():
