@@ -11,8 +11,8 @@ ablation, and a second base seed. The study's series (docs/study.md) are calls o
 script with their own --results directory; `make study-adapters` and `make study-long` give them.
 Each experiment is a named `dvc exp run` with every setting of the study's scale (configs/study.yaml,
 or --preset) and every grid param set; `--per-class` overrides the scale's sample count (a quick
-look; its records are not comparable). Its record (settings, metrics
-of all variants and floors, wall time) goes to <results>/<name>.json. Names with a record are
+look; its records are not comparable). Its record (settings, metrics of all variants and floors,
+wall time and each stage's share of it) goes to <results>/<name>.json. Names with a record are
 skipped, so after an interruption the same command resumes; commit the records as they arrive.
 `--budget-min` stops starting new experiments after that many minutes. At the end the workspace
 is restored to HEAD.
