@@ -13,8 +13,12 @@ Prints, per contender, medians over the rounds:
 - the stage's work in seconds: loading the model, its precomputed tables and the sampling;
 - the ratios against the older commit, and KA-MIG over base.
 
-    python -m benchmarks.sampling_versions                    # against the issue's baseline commit
+    python -m benchmarks.sampling_versions                    # against the last sampling change's parent
     python -m benchmarks.sampling_versions --before HEAD~3 --rounds 5
+
+The older commit must read this checkout's models and token meta: commits before the one weight
+format and the class names in the token meta (``0ad6633``) cannot. The CPU sampling work before
+that (``bdb6b9b^`` → ``0ad6633``: row chunks, 1.31x / 1.42x base / KA-MIG) was measured then.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The last commit before the CPU sampling work: the issue's "today".
-BASELINE = "bdb6b9b^"
+# The parent of the latest sampling change (CFG and Gumbel noise in place), which reads today's formats.
+BASELINE = "85c93d3^"
 
 # Runs inside a contender's tree (sys.path[0]): its pipeline, its params.yaml, our models/.
 PROBE = r"""
@@ -61,7 +65,8 @@ def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[
     result = subprocess.run([sys.executable, "-c", PROBE, str(tree), variant, str(per_class), precision],
                             cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(f"the probe failed in {tree} ({variant}):\n{result.stderr[-3000:]}")
+        raise SystemExit(f"the probe failed in {tree} ({variant}); a commit older than 0ad6633 cannot "
+                         f"read this checkout's models or token meta:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
