@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -96,7 +97,7 @@ def one_finetune_step(model: torch.nn.Module, shape: Shape) -> Callable[[], None
     """finetune@kamig's step: the adapter and the head trainable, the backbone frozen."""
     trainable = {n for n, _ in model.named_parameters() if n.startswith(("adapter.", model.head_prefix))}
     train_step = make_train_step(model, shape, torch.device("cpu"), trainable, amp=False)
-    steps = iter(range(10**6))
+    steps = itertools.count()
     return lambda: train_step(next(steps))
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # The parent of the latest sampling change (CFG and Gumbel noise in place), which reads today's formats.
 BASELINE = "85c93d3^"
+# The first commit whose models and token meta this checkout's formats match.
+OLDEST_READABLE = "0ad6633"
 
 # Runs inside a contender's tree (sys.path[0]): its pipeline, its params.yaml, our models/.
 PROBE = r"""
@@ -65,8 +67,8 @@ def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[
     result = subprocess.run([sys.executable, "-c", PROBE, str(tree), variant, str(per_class), precision],
                             cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(f"the probe failed in {tree} ({variant}); a commit older than 0ad6633 cannot "
-                         f"read this checkout's models or token meta:\n{result.stderr[-3000:]}")
+        raise SystemExit(f"the probe failed in {tree} ({variant}); a commit older than {OLDEST_READABLE} "
+                         f"cannot read this checkout's models or token meta:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
