@@ -18,6 +18,7 @@ ours (paired on the fine-tune seed), and the relative knowledge effect at 196 to
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 
@@ -43,6 +44,7 @@ ADAPTER_NAMES = {"pipeline": "this pipeline's adapter", "official": "the officia
 ADAPTERS_COMMAND = "make study-adapters"
 PLANNED_SEEDS = 10  # the 7 x 7 series' fine-tune seeds per adapter (the Makefile's study-adapters)
 PLANNED_LONG_SEEDS = 10  # the 14 x 14 series' fine-tune seeds on base 0 (the Makefile's LONG_SEEDS)
+PLANNED_SECOND_BASE_SEEDS = 5  # ... and on base 1 (the Makefile's LONG_SECOND_BASE)
 LONG_COMMAND = "make study-long"
 
 
@@ -89,33 +91,62 @@ def adapter_answer(ours: Sequence[Record], official: Sequence[Record]) -> str:
             f"effects differ by {effects.mean:+.2f} FID (official − ours, paired; {interval}).")
 
 
-def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str) -> str:
-    """The relative knowledge effect at 196 tokens against 49, by Welch's interval."""
+def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str,
+                  second: Sequence[Record] = ()) -> str:
+    """The relative knowledge effect at 196 tokens against 49, by Welch's interval (both on base 0),
+    and what a second 196-token base model (``second``) says about base-to-base variance."""
     if not short or not long:
         return f"not measured yet: `{LONG_COMMAND}` runs the 14 × 14 series."
     at_49, at_196 = relative_knowledge(short), relative_knowledge(long)
     if min(at_49.n, at_196.n) < 2:
-        return (f"with {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 "
+        return (f"With {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 "
                 f"tokens ({seeds(at_196.n)}) against {at_49.mean:+.1%} at 49 ({seeds(at_49.n)}): no "
                 "interval until each length has two replicates.")
-    gap, (low, high) = difference(at_196, at_49)
-    mde = welch_mde(at_196, at_49)
+    return (f"With {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 tokens "
+            f"({seeds(at_196.n)}) against {at_49.mean:+.1%} at 49 ({seeds(at_49.n)}): 196 − 49 tokens, "
+            f"base 0 at each, = {welch_line(at_196, at_49, 'the effect is {} at 196 tokens')}. "
+            f"{base_variance_line(long, second)}")
+
+
+def welch_line(minuend: Estimate, subtrahend: Estimate, detected: str) -> str:
+    """``-3.5% (Welch 95% CI ...; MDE ...): **outcome**`` for two independent relative effects;
+    ``detected`` has a ``{}`` for "stronger" or "weaker" (of the minuend's effect)."""
+    gap, (low, high) = difference(minuend, subtrahend)
+    if math.isnan(low):
+        return f"{gap:+.1%} (no interval until both have two replicates)"
     if low > 0 or high < 0:
-        outcome = f"detected: the effect is {'stronger' if high < 0 else 'weaker'} at 196 tokens"
+        outcome = "detected: " + detected.format("stronger" if high < 0 else "weaker")
     elif max(abs(low), abs(high)) <= TARGET_EFFECT:
-        outcome = f"a change beyond ±{max(abs(low), abs(high)):.1%} of FID is ruled out"
+        outcome = f"a difference beyond ±{max(abs(low), abs(high)):.1%} of FID is ruled out"
     else:
         outcome = "inconclusive"
-    return (f"with {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 tokens "
-            f"({seeds(at_196.n)}) against {at_49.mean:+.1%} at 49 ({seeds(at_49.n)}): 196 − 49 = {gap:+.1%} "
-            f"(Welch 95% CI {low:+.1%} to {high:+.1%}; MDE {mde:.1%}): **{outcome}**. One base model per "
-            "length cannot separate length from base-to-base variance: at 49 tokens two bases' effects "
-            "differed by 0.65 FID (reports/fashion_mnist.md).")
+    return (f"{gap:+.1%} (Welch 95% CI {low:+.1%} to {high:+.1%}; MDE {welch_mde(minuend, subtrahend):.1%}): "
+            f"**{outcome}**")
 
 
-def series_section(records: Sequence[Record], adapter: str) -> list[str]:
-    """One adapter's cell: the variants and the paired contrasts."""
-    cell = select(records, adapter=adapter)
+def base_variance_line(first: Sequence[Record], second: Sequence[Record]) -> str:
+    """Whether one base model per length can be read as the length's effect: the plain caveat until
+    a second 196-token base has two replicates, then the two bases' difference."""
+    if len(second) < 2:
+        return ("One base model per length cannot separate length from base-to-base variance: at 49 "
+                "tokens two bases' effects differed by 0.65 FID (reports/fashion_mnist.md).")
+    return ("Base-to-base variance at 196 tokens, base 0 − base 1: "
+            f"{welch_line(relative_knowledge(first), relative_knowledge(second), 'base 0 is {}')}.")
+
+
+def second_base_answer(short: Sequence[Record], second: Sequence[Record], adapter: str) -> str:
+    """The second 196-token base model's knowledge effect, and its own 196 − 49 contrast."""
+    answer = knowledge_answer(second, adapter, "14 × 14, base 1")
+    if len(second) < 2 or len(short) < 2:
+        return answer
+    against_49 = welch_line(relative_knowledge(second), relative_knowledge(short),
+                            "the effect is {} at 196 tokens")
+    return f"{answer} 196 tokens on base 1 − 49 tokens on base 0 = {against_49}."
+
+
+def series_section(records: Sequence[Record], adapter: str, base: int = 0) -> list[str]:
+    """One adapter's cell on one base model: the variants and the paired contrasts."""
+    cell = select(records, base=base, adapter=adapter)
     if not cell:
         return [f"No record of {ADAPTER_NAMES[adapter]} yet."]
     return [*variant_table(cell), "", *table(CONTRAST_HEADER, contrast_rows(cell))]
@@ -146,17 +177,25 @@ def design_lines(records: Sequence[Record], label: str) -> list[str]:
         typical = [r for r in arm if "train_base" not in r.get("stages_run", ())] or arm
         minutes = statistics.median(r["seconds"] / 60 for r in typical)
         costs.append(f"{minutes:.1f} min per experiment with {ADAPTER_NAMES[adapter]}")
-    prints = first.get("fingerprints", {})
     return [f"* {label}: {len(records)} experiments, {first['evaluation']['kamig']['n_samples']:,} samples "
-            f"per variant; {', '.join(costs)} (medians, on a {machine_of(records)}); tokenizer "
-            f"`{prints.get('tokenizer')}`, base model `{prints.get('base')}`."]
+            f"per variant; {', '.join(costs)} (medians, on a {machine_of(records)}); "
+            f"{models_line(records)}."]
+
+
+def models_line(records: Sequence[Record]) -> str:
+    """The tokenizer and base model fingerprints of each base seed in a series."""
+    by_base: dict[int, dict[str, str]] = {}
+    for r in sorted(records, key=lambda r: overrides(r)["seed"]):
+        by_base.setdefault(overrides(r)["seed"], r.get("fingerprints", {}))
+    return "; ".join(f"base {seed}: tokenizer `{prints.get('tokenizer')}`, base model `{prints.get('base')}`"
+                     for seed, prints in by_base.items())
 
 
 def render_part_two(adapters: Sequence[Record], long: Sequence[Record],
                     long_adapter: str = "official") -> str:
     """The report as Markdown, from the two series' records."""
     ours, official = select(adapters, adapter="pipeline"), select(adapters, adapter="official")
-    long_cell = select(long, adapter=long_adapter)
+    long_cell, second = select(long, adapter=long_adapter), select(long, base=1, adapter=long_adapter)
     short_same = official if long_adapter == "official" else ours
     lines = [
         "# KA-MIG on Fashion-MNIST, part two: the published adapter, and longer sequences", "",
@@ -167,21 +206,25 @@ def render_part_two(adapters: Sequence[Record], long: Sequence[Record],
         *interim_line(min(len(ours), len(official))),
         *(interim_line(len(long_cell), PLANNED_LONG_SEEDS, "14 × 14 seeds on base 0", "answer 3 is")
           if long_cell else []),
+        *(interim_line(len(second), PLANNED_SECOND_BASE_SEEDS, "14 × 14 seeds on base 1",
+                       "its line is") if second else []),
         f"1. **Does the published adapter's knowledge help at 7 × 7 tokens?** "
         f"{knowledge_answer(official, 'official', '7 × 7 tokens')}",
         f"   With this pipeline's adapter: {knowledge_answer(ours, 'pipeline', '7 × 7')}",
         f"2. **Is it better or worse than ours?** {adapter_answer(ours, official)}",
         f"3. **Does the knowledge effect grow with sequence length?** "
-        f"{length_answer(short_same, long_cell, long_adapter)}",
+        f"{length_answer(short_same, long_cell, long_adapter, second)}",
         f"   At 14 × 14 tokens: {knowledge_answer(long_cell, long_adapter, '14 × 14 tokens')}",
         f"   On a second 14 × 14 base model (seed 1): "
-        f"{knowledge_answer(select(long, base=1, adapter=long_adapter), long_adapter, '14 × 14, base 1')}",
+        f"{second_base_answer(short_same, second, long_adapter)}",
         "", "## Design", "",
         *design_lines(adapters, "7 × 7 tokens, both adapters"),
         *design_lines(long, "14 × 14 tokens"),
         "", "## 7 × 7 tokens: the official adapter", "", *series_section(adapters, "official"),
         "", "## 7 × 7 tokens: this pipeline's adapter", "", *series_section(adapters, "pipeline"),
         "", f"## 14 × 14 tokens: {ADAPTER_NAMES[long_adapter]}", "", *series_section(long, long_adapter),
+        *(["", f"## 14 × 14 tokens, second base model (seed 1): {ADAPTER_NAMES[long_adapter]}", "",
+           *series_section(long, long_adapter, base=1)] if second else []),
         "", "## Experiments", "",
         *table(["series", "name", "adapter", "fine-tune", "base", "control", "null", "KA-MIG", "rFID",
                 "minutes"],

@@ -56,8 +56,8 @@ def test_the_answers_are_scipys_paired_and_welch_intervals():
     short = np.subtract(OFF_K, OFF_N) / np.mean(OFF_N)
     longer = np.subtract(LONG_K, LONG_N) / np.mean(LONG_N)
     welch = scipy.stats.ttest_ind(longer, short, equal_var=False).confidence_interval(0.95)
-    assert f"196 − 49 = {longer.mean() - short.mean():+.1%} (Welch 95% CI {welch.low:+.1%} to " \
-           f"{welch.high:+.1%}" in answers
+    assert (f"196 − 49 tokens, base 0 at each, = {longer.mean() - short.mean():+.1%} (Welch 95% CI "
+            f"{welch.low:+.1%} to {welch.high:+.1%}") in answers
     assert "detected: the effect is stronger at 196 tokens" in answers
     assert "0.65 FID" in answers  # one base per length: said plainly
     # gFID − rFID beside the FID
@@ -116,15 +116,43 @@ def test_one_long_replicate_gives_its_effect_and_no_interval():
     assert "no interval until each length has two replicates" in answer and "nan" not in answer
 
 
+def _second_base(kamig=(31.0, 31.4, 30.2), null=(31.5, 31.1, 31.0)):
+    return [_record(s, "official", k, n, prints={"tokenizer": "t2", "base": "b3"}, recon=10.0, base=1)
+            for s, (k, n) in enumerate(zip(kamig, null))]
+
+
 def test_a_second_long_base_is_answered_apart_from_the_first():
     adapters, long = _series()
     second_k, second_n = [31.0, 31.4, 30.2], [31.5, 31.1, 31.0]
-    second = [_record(s, "official", k, n, prints={"tokenizer": "t2", "base": "b3"}, recon=10.0, base=1)
-              for s, (k, n) in enumerate(zip(second_k, second_n))]
-    answers = render_part_two(adapters, long + second).split("## Design")[0]
-    diffs = np.subtract(second_k, second_n)
+    text = render_part_two(adapters, long + _second_base(second_k, second_n))
+    answers = text.split("## Design")[0]
     line = next(line for line in answers.splitlines() if "second 14 × 14 base" in line)
+    diffs = np.subtract(second_k, second_n)
     assert f"KA-MIG − its null = {diffs.mean():+.2f} FID" in line and "over 3 fine-tune seeds" in line
-    # The first base's answers, the length comparison included, ignore the second base's records.
-    without = render_part_two(adapters, long).split("## Design")[0].splitlines()
-    assert [x for x in answers.splitlines() if x != line] == [x for x in without if "second 14 × 14" not in x]
+    # Its own length contrast: base 1 at 196 against base 0 at 49, by Welch.
+    second = diffs / np.mean(second_n)
+    short = np.subtract(OFF_K, OFF_N) / np.mean(OFF_N)
+    welch = scipy.stats.ttest_ind(second, short, equal_var=False).confidence_interval(0.95)
+    assert (f"196 tokens on base 1 − 49 tokens on base 0 = {second.mean() - short.mean():+.1%} (Welch 95% CI "
+            f"{welch.low:+.1%} to {welch.high:+.1%}") in line
+    # With two bases at 196 tokens, the caveat becomes their measured difference, base 0 − base 1.
+    first = np.subtract(LONG_K, LONG_N) / np.mean(LONG_N)
+    between = scipy.stats.ttest_ind(first, second, equal_var=False).confidence_interval(0.95)
+    assert (f"Base-to-base variance at 196 tokens, base 0 − base 1: {first.mean() - second.mean():+.1%} "
+            f"(Welch 95% CI {between.low:+.1%} to {between.high:+.1%}") in answers
+    assert "0.65 FID" not in answers
+    # The first base's numbers ignore the second base's records.
+    without = render_part_two(adapters, long).split("## Design")[0]
+    assert next(x for x in answers.splitlines() if x.startswith("   At 14 × 14 tokens")) == \
+        next(x for x in without.splitlines() if x.startswith("   At 14 × 14 tokens"))
+    # Its own plan, its own tables, and each base's fingerprints in the design.
+    assert "*Interim: 3 of the 5 planned 14 × 14 seeds on base 1 are recorded; its line is" in answers
+    assert "## 14 × 14 tokens, second base model (seed 1)" in text
+    assert ("base 0: tokenizer `t2`, base model `b2`; base 1: tokenizer `t2`, base model `b3`"
+            in text.split("## Design")[1])
+
+
+def test_one_replicate_on_the_second_base_keeps_the_plain_caveat():
+    adapters, long = _series()
+    answers = render_part_two(adapters, long + _second_base()[:1]).split("## Design")[0]
+    assert "0.65 FID" in answers and "Base-to-base" not in answers and "nan" not in answers
