@@ -130,8 +130,8 @@ def base_variance_line(first: Sequence[Record], second: Sequence[Record]) -> str
     if len(second) < 2:
         return ("One base model per length cannot separate length from base-to-base variance: at 49 "
                 "tokens two bases' effects differed by 0.65 FID (reports/fashion_mnist.md).")
-    return ("Base-to-base variance at 196 tokens, base 0 − base 1: "
-            f"{welch_line(relative_knowledge(first), relative_knowledge(second), 'base 0 is {}')}.")
+    between = welch_line(relative_knowledge(first), relative_knowledge(second), "base 0's effect is {}")
+    return f"Base-to-base variance at 196 tokens, base 0 − base 1: {between}."
 
 
 def second_base_answer(short: Sequence[Record], second: Sequence[Record], adapter: str) -> str:
