@@ -18,7 +18,6 @@ ours (paired on the fine-tune seed), and the relative knowledge effect at 196 to
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Sequence
 
@@ -46,6 +45,7 @@ PLANNED_SEEDS = 10  # the 7 x 7 series' fine-tune seeds per adapter (the Makefil
 PLANNED_LONG_SEEDS = 10  # the 14 x 14 series' fine-tune seeds on base 0 (the Makefile's LONG_SEEDS)
 PLANNED_SECOND_BASE_SEEDS = 5  # ... and on base 1 (the Makefile's LONG_SECOND_BASE)
 LONG_COMMAND = "make study-long"
+STRONGER_AT_196 = "the effect is {} at 196 tokens"  # welch_line's outcome for 196 − 49
 
 
 def relative_knowledge(records: Sequence[Record]) -> Estimate:
@@ -104,16 +104,15 @@ def length_answer(short: Sequence[Record], long: Sequence[Record], adapter: str,
                 "interval until each length has two replicates.")
     return (f"With {ADAPTER_NAMES[adapter]}, the knowledge effect is {at_196.mean:+.1%} of FID at 196 tokens "
             f"({seeds(at_196.n)}) against {at_49.mean:+.1%} at 49 ({seeds(at_49.n)}): 196 − 49 tokens, "
-            f"base 0 at each, = {welch_line(at_196, at_49, 'the effect is {} at 196 tokens')}. "
-            f"{base_variance_line(long, second)}")
+            f"base 0 at each, = {welch_line(at_196, at_49, STRONGER_AT_196)}. "
+            f"{base_variance_line(at_196, second)}")
 
 
 def welch_line(minuend: Estimate, subtrahend: Estimate, detected: str) -> str:
     """``-3.5% (Welch 95% CI ...; MDE ...): **outcome**`` for two independent relative effects;
-    ``detected`` has a ``{}`` for "stronger" or "weaker" (of the minuend's effect)."""
+    ``detected`` has a ``{}`` for "stronger" or "weaker" (of the minuend's effect). Both have at
+    least two replicates."""
     gap, (low, high) = difference(minuend, subtrahend)
-    if math.isnan(low):
-        return f"{gap:+.1%} (no interval until both have two replicates)"
     if low > 0 or high < 0:
         outcome = "detected: " + detected.format("stronger" if high < 0 else "weaker")
     elif max(abs(low), abs(high)) <= TARGET_EFFECT:
@@ -124,13 +123,14 @@ def welch_line(minuend: Estimate, subtrahend: Estimate, detected: str) -> str:
             f"**{outcome}**")
 
 
-def base_variance_line(first: Sequence[Record], second: Sequence[Record]) -> str:
+def base_variance_line(first: Estimate, second: Sequence[Record]) -> str:
     """Whether one base model per length can be read as the length's effect: the plain caveat until
-    a second 196-token base has two replicates, then the two bases' difference."""
+    a second 196-token base has two replicates, then the two bases' difference (``first``: base 0's
+    relative knowledge effect at 196 tokens)."""
     if len(second) < 2:
         return ("One base model per length cannot separate length from base-to-base variance: at 49 "
                 "tokens two bases' effects differed by 0.65 FID (reports/fashion_mnist.md).")
-    between = welch_line(relative_knowledge(first), relative_knowledge(second), "base 0's effect is {}")
+    between = welch_line(first, relative_knowledge(second), "base 0's effect is {}")
     return f"Base-to-base variance at 196 tokens, base 0 − base 1: {between}."
 
 
@@ -139,8 +139,7 @@ def second_base_answer(short: Sequence[Record], second: Sequence[Record], adapte
     answer = knowledge_answer(second, adapter, "14 × 14, base 1")
     if len(second) < 2 or len(short) < 2:
         return answer
-    against_49 = welch_line(relative_knowledge(second), relative_knowledge(short),
-                            "the effect is {} at 196 tokens")
+    against_49 = welch_line(relative_knowledge(second), relative_knowledge(short), STRONGER_AT_196)
     return f"{answer} 196 tokens on base 1 − 49 tokens on base 0 = {against_49}."
 
 
