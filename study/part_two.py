@@ -160,7 +160,8 @@ def interim_line(done: int, planned: int = PLANNED_SEEDS, series: str = "7 × 7 
     """Before the planned seeds are in, the answers are interim looks, not the test."""
     if done >= planned:
         return []
-    return [f"*Interim: {done} of the {planned} planned {series} are recorded; {answers} read at "
+    verb = "is" if done == 1 else "are"
+    return [f"*Interim: {done} of the {planned} planned {series} {verb} recorded; {answers} read at "
             f"{planned}, and an interval that excludes 0 now is not yet a result.*", ""]
 
 

@@ -106,6 +106,8 @@ def test_answers_before_the_planned_seeds_are_marked_interim():
     long_ten = [_record(s, "official", 30.0, 31.0 + 0.1 * s, prints={"tokenizer": "t2", "base": "b2"})
                 for s in range(10)]
     assert "Interim" not in render_part_two(ten, long_ten)
+    assert "*Interim: 1 of the 10 planned 14 × 14 seeds on base 0 is recorded;" in render_part_two(
+        ten, long_ten[:1])
 
 
 def test_one_long_replicate_gives_its_effect_and_no_interval():
