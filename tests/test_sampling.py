@@ -224,6 +224,18 @@ def test_batches_are_independent_of_run_order():
     assert np.array_equal(whole.tokens[5:10], second.numpy())
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 3, 10, 64])
+def test_decoding_in_row_chunks_gives_the_whole_batch_tokens(chunk_rows):
+    # The sampler decodes CPU batches in row chunks for the cache: the noise of each chunk comes
+    # from the same generator stream, so every token must match one whole-batch decode.
+    plan = plan_for(steps=5, temperature=1.3, choice_temperature=4.5, cfg=2.0)
+    labels = class_balanced_labels(K, 5)[:19]
+    whole = decode(FakeModel(), labels, plan, seed=3)
+    chunked = maskgit_decode(FakeModel(), labels, seq_len=L, mask_id=MASK, null_class=NULL, plan=plan,
+                             generator=batch_generator(3, 0), chunk_rows=chunk_rows)
+    assert torch.equal(chunked, whole)
+
+
 def test_samples_are_class_balanced_and_written_as_token_shards(tmp_path):
     cfg = replace(SampleConfig(), per_class=5, batch_size=7, steps=3)
     samples = generate_samples(FakeModel(), num_classes=K, seq_len=L, mask_id=MASK, null_class=NULL,

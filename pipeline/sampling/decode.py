@@ -110,6 +110,26 @@ def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device)
     return uniform.log_().neg_().clamp_min_(1e-20).log_().neg_()
 
 
+def _sample_rows(
+    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, *, mask_id: int, null_class: int,
+    plan: DecodePlan, step: int, generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's draw for some rows: (tokens with every masked position sampled, the confidence
+    of each position's token). Draws the (rows, L, V) Gumbel noise from ``generator``."""
+    logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
+    if logits.shape[:2] != tokens.shape:
+        raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected {tuple(tokens.shape)} + (V,)")
+    # The temperature tempers the draw only; the confidence ranks the untempered post-CFG
+    # log-probabilities, as MaskGIT and AutoNAT do (ImprovedNAT nat_misc.py, the generate loop).
+    log_probs = torch.log_softmax(logits, dim=-1)
+    temperature = plan.temperature[step]
+    tempered = log_probs if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
+    # Gumbel-max: argmax(log p + g) is an exact sample from p, drawn from our generator.
+    sampled = _gumbel(tempered.shape, generator, tokens.device).add_(tempered).argmax(dim=-1)
+    sampled = torch.where(tokens == mask_id, sampled, tokens)
+    return sampled, log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+
+
 @torch.no_grad()
 def maskgit_decode(
     logits_fn: LogitsFn,
@@ -120,38 +140,34 @@ def maskgit_decode(
     null_class: int,
     plan: DecodePlan,
     generator: torch.Generator,
+    chunk_rows: int | None = None,
     on_step: StepCallback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Decode ``len(labels)`` token sequences (B, seq_len) int64, all positions filled.
 
     ``logits_fn(tokens (B', L) int64, labels (B',) int64) -> (B', L, V)``: masked positions hold
-    ``mask_id``; label ``null_class`` asks for the unconditional prediction. ``on_step(t, tokens)``
-    is called after every step (tests and visualisations).
+    ``mask_id``; label ``null_class`` asks for the unconditional prediction. ``chunk_rows`` runs the
+    forward and the (rows, L, V) draw over that many sequences at a time (default: all), so that on a
+    CPU each chunk's logits and noise stay in cache; the tokens are the same bit for bit, because
+    the generator fills the chunks' noise in the same order as one whole-batch draw and every other
+    operation is per row. ``on_step(t, tokens)`` is called after every step (tests and visualisations).
     """
     device = labels.device
     batch = labels.shape[0]
+    chunk = batch if chunk_rows is None else max(1, chunk_rows)
     tokens = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
     steps = progress_bar(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress)
     for step in steps:
-        logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
-        if logits.shape[:2] != (batch, seq_len):
-            raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected ({batch}, {seq_len}, V)")
-        # The temperature tempers the draw only; the confidence ranks the untempered post-CFG
-        # log-probabilities, as MaskGIT and AutoNAT do (ImprovedNAT nat_misc.py, the generate loop).
-        log_probs = torch.log_softmax(logits, dim=-1)
-        temperature = plan.temperature[step]
-        tempered = log_probs if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
-        # Gumbel-max: argmax(log p + g) is an exact sample from p, drawn from our generator.
-        sampled = _gumbel(tempered.shape, generator, device).add_(tempered).argmax(dim=-1)
-        masked = tokens == mask_id
-        sampled = torch.where(masked, sampled, tokens)
-
-        confidence = log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+        rows = [slice(start, start + chunk) for start in range(0, batch, chunk)]
+        drawn = [_sample_rows(logits_fn, tokens[part], labels[part], mask_id=mask_id, null_class=null_class,
+                              plan=plan, step=step, generator=generator) for part in rows]
+        sampled = torch.cat([part for part, _ in drawn])
+        confidence = torch.cat([part for _, part in drawn])
         noise_scale = plan.choice_temperature[step]
         if noise_scale > 0:
             confidence = confidence + noise_scale * _gumbel(confidence.shape, generator, device)
-        confidence = torch.where(masked, confidence, torch.full_like(confidence, math.inf))
+        confidence = torch.where(tokens == mask_id, confidence, torch.full_like(confidence, math.inf))
 
         tokens = sampled
         keep_masked = plan.masked_after[step]

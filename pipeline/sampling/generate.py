@@ -110,6 +110,9 @@ def generate_tokens(
         batches = range(-(-len(labels) // size))
     mine = labels[batches.start * size : batches.stop * size]
     outputs = [torch.zeros((0, seq_len), dtype=torch.long)]
+    # On a CPU the decoder works over chunks of rows whose forward (conditional and unconditional
+    # rows together) is about CPU_CHUNK_TOKENS tokens: its logits and noise then stay in cache.
+    chunk_rows = max(1, CPU_CHUNK_TOKENS // (2 * seq_len)) if device.type == "cpu" else None
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()
     start = time.perf_counter()
@@ -118,7 +121,7 @@ def generate_tokens(
             batch = labels[index * size : (index + 1) * size].to(device)
             tokens = maskgit_decode(
                 logits_fn, batch, seq_len=seq_len, mask_id=mask_id, null_class=null_class, plan=plan,
-                generator=batch_generator(seed, index, device),
+                generator=batch_generator(seed, index, device), chunk_rows=chunk_rows,
             )
             outputs.append(tokens.cpu())
             progress.update(len(batch))
