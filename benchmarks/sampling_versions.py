@@ -1,6 +1,6 @@
-"""Benchmark: the sample stage's sampling at two commits, side by side, in one run.
+"""Benchmark: the sample stage's sampling at older commits and this checkout, side by side, in one run.
 
-The sample stage's own function (``sample_variant``) of an older commit, checked out in a
+The sample stage's own function (``sample_variant``) of each older commit, checked out in a
 temporary git worktree, runs against this checkout's, alternating over ``--rounds`` rounds, each
 run in a fresh process on the same trained models (``models/`` of this checkout: run ``dvc repro``
 first). Every contender samples ``--per-class`` images per class of the base model and of KA-MIG
@@ -11,9 +11,10 @@ samples).
 Prints, per contender, medians over the rounds:
 - images/s of token generation (the number in ``metrics/sample_<variant>.json``);
 - the stage's work in seconds: loading the model, its precomputed tables and the sampling;
-- the ratios against the older commit, and KA-MIG over base.
+- the ratios against the first (oldest) commit, and KA-MIG over base;
+- whether each contender's tokens are the first commit's, byte for byte (bf16: other samples).
 
-    python -m benchmarks.sampling_versions                    # against the last sampling change's parent
+    python -m benchmarks.sampling_versions                    # the last two sampling changes' parents
     python -m benchmarks.sampling_versions --before HEAD~3 --rounds 5
 
 The older commit must read this checkout's models and token meta: commits before the one weight
@@ -32,14 +33,15 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The parent of the latest sampling change (CFG and Gumbel noise in place), which reads today's formats.
-BASELINE = "85c93d3^"
+# The parents of the latest sampling changes: CFG and Gumbel noise in place (85c93d3), then the
+# decoder's row chunks (2dcdc00). Both read today's formats.
+BASELINES = ("85c93d3^", "2dcdc00^")
 # The first commit whose models and token meta this checkout's formats match.
 OLDEST_READABLE = "0ad6633"
 
 # Runs inside a contender's tree (sys.path[0]): its pipeline, its params.yaml, our models/.
 PROBE = r"""
-import json, sys, time
+import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
 from pipeline import layout
@@ -59,11 +61,13 @@ class State:  # one process, as accelerate's PartialState describes it
 
 started = time.perf_counter()
 samples = sample_variant(cfg, variant, read_meta(layout.TOKENS_DIR), State())
-print(json.dumps({"images_per_s": samples.images_per_s, "work_s": time.perf_counter() - started}))
+work_s = time.perf_counter() - started
+print(json.dumps({"images_per_s": samples.images_per_s, "work_s": work_s,
+                  "tokens": hashlib.sha256(samples.tokens.tobytes()).hexdigest()}))
 """
 
 
-def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[str, float]:
+def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[str, float | str]:
     result = subprocess.run([sys.executable, "-c", PROBE, str(tree), variant, str(per_class), precision],
                             cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
@@ -74,20 +78,24 @@ def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--before", default=BASELINE, help=f"the older commit (default {BASELINE})")
+    parser.add_argument("--before", nargs="+", default=list(BASELINES),
+                        help=f"older commits, oldest first (default {' '.join(BASELINES)})")
     parser.add_argument("--per-class", type=int, default=100, help="images per class and run")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if not (ROOT / "models" / "kamig").is_dir():
         raise SystemExit("no models/kamig: run `dvc repro` first")
     with tempfile.TemporaryDirectory() as tmp:
-        worktree = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=ROOT,
-                       check=True, capture_output=True)
+        contenders: dict[str, tuple[Path, str]] = {}
         try:
-            contenders = {"before": (worktree, "default"), "now": (ROOT, "default"),
-                          "now bf16": (ROOT, "bf16")}
-            runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+            for commit in args.before:
+                worktree = Path(tmp) / f"before{len(contenders)}"
+                subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=ROOT,
+                               check=True, capture_output=True)
+                contenders[commit] = (worktree, "default")
+            contenders["now"] = (ROOT, "default")
+            contenders["now bf16"] = (ROOT, "bf16")
+            runs: dict[tuple[str, str], list[dict[str, float | str]]] = {}
             for round_index in range(args.rounds):
                 for variant in ("base", "kamig"):
                     for name, (tree, precision) in contenders.items():
@@ -95,24 +103,29 @@ def main() -> None:
                             run_probe(tree, variant, args.per_class, precision))
                 print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=ROOT, check=False)
-    report(runs, args)
+            for tree, _ in contenders.values():
+                if tree != ROOT:
+                    subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    report(runs, list(contenders), args)
 
 
-def report(runs: dict[tuple[str, str], list[dict[str, float]]], args: argparse.Namespace) -> None:
+def report(runs: dict[tuple[str, str], list[dict[str, float | str]]], names: list[str],
+           args: argparse.Namespace) -> None:
     def median(name: str, variant: str, key: str) -> float:
-        return statistics.median(run[key] for run in runs[(name, variant)])
+        return statistics.median(float(run[key]) for run in runs[(name, variant)])
 
-    print(f"sample stage's sampling, {args.per_class * 10} images per run, medians of {args.rounds} rounds "
-          f"(before = {args.before})")
-    print(f"  {'':<10}{'variant':<8}{'images/s':>10}{'x before':>10}{'work s':>9}")
-    for name in ("before", "now", "now bf16"):
+    first = names[0]
+    print(f"sample stage's sampling, {args.per_class * 10} images per run, medians of {args.rounds} rounds")
+    print(f"  {'':<10}{'variant':<8}{'images/s':>10}{f'x {first}':>14}{'work s':>9}  tokens")
+    for name in names:
         for variant in ("base", "kamig"):
             rate = median(name, variant, "images_per_s")
-            speedup = rate / median("before", variant, "images_per_s")
-            print(f"  {name:<10}{variant:<8}{rate:10.1f}{speedup:9.2f}x"
-                  f"{median(name, variant, 'work_s'):9.1f}")
-    for name in ("before", "now", "now bf16"):
+            speedup = rate / median(first, variant, "images_per_s")
+            digests = {run["tokens"] for run in runs[(name, variant)] + runs[(first, variant)]}
+            same = "the same bytes" if len(digests) == 1 else "OTHER tokens"
+            print(f"  {name:<10}{variant:<8}{rate:10.1f}{speedup:13.2f}x"
+                  f"{median(name, variant, 'work_s'):9.1f}  {same}")
+    for name in names:
         print(f"  {name}: kamig / base, the stage's work "
               f"{median(name, 'kamig', 'work_s') / median(name, 'base', 'work_s'):.3f}x, token generation "
               f"{median(name, 'base', 'images_per_s') / median(name, 'kamig', 'images_per_s'):.3f}x")
