@@ -22,8 +22,9 @@ PLOTS_TEMPLATE := .dvc/offline_plots.html
 repro: setup data
 	source $(BIN)/activate && python -m pipeline.config check && dvc repro
 
+# One pytest-xdist worker per core, whole test files to a worker (module fixtures run once).
 test: setup data browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto --dist loadfile
 
 setup: $(STAMP) $(PLOTS_TEMPLATE)
 

@@ -7,16 +7,23 @@ the whole suite pins torch to a single intra-op thread.
 preset, side by side, committed. The end-to-end tests each take their own
 :func:`tests.helpers.copy_repo` of the first (``reproduced_tiny_repo``); the determinism test
 compares the two. So the DAG runs once per session (twice, in parallel) instead of per module.
+
+``make test`` runs the suite in pytest-xdist workers, one per core, each with its own session: the
+first worker that needs the reproduced repositories builds them in the directory all workers share,
+and the others wait for them and read their record, so the DAG still runs once.
 """
 
+import json
 import os
 import signal
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 from tests.helpers import dvc_env, make_repo_copy, run
 
@@ -37,7 +44,21 @@ def two_reproduced_tiny_repos(
     preset, run at the same time (the stages are single-threaded here, so two runs share 2 cores
     well) and committed as the baseline. The end-to-end tests copy the first; the determinism test
     compares the two. Copy one (``copy_repo``) before changing anything."""
-    base = tmp_path_factory.mktemp("reproduced")
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return reproduce_two_tiny_repos(tmp_path_factory.mktemp("reproduced"))
+    # Every xdist worker has its own session; their base directories share this run's parent.
+    shared = tmp_path_factory.getbasetemp().parent
+    record = shared / "reproduced.json"
+    with FileLock(shared / "reproduced.lock"):
+        if not record.exists():
+            repos = reproduce_two_tiny_repos(Path(tempfile.mkdtemp(prefix="reproduced", dir=shared)))
+            record.write_text(json.dumps([[str(repo.path), repo.output] for repo in repos]))
+        first, second = (ReproducedRepo(Path(path), output) for path, output in json.loads(record.read_text()))
+    return first, second
+
+
+def reproduce_two_tiny_repos(base: Path) -> tuple[ReproducedRepo, ReproducedRepo]:
+    """Run ``dvc repro`` of the tiny preset in two fresh copies under ``base`` side by side."""
     paths = [make_repo_copy(base / name) for name in ("repo", "second")]
     procs = [subprocess.Popen(["dvc", "repro"], cwd=path, env=dvc_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
