@@ -53,7 +53,8 @@ def two_reproduced_tiny_repos(
         if not record.exists():
             repos = reproduce_two_tiny_repos(Path(tempfile.mkdtemp(prefix="reproduced", dir=shared)))
             record.write_text(json.dumps([[str(repo.path), repo.output] for repo in repos]))
-        first, second = (ReproducedRepo(Path(path), output) for path, output in json.loads(record.read_text()))
+        recorded = json.loads(record.read_text())
+    first, second = (ReproducedRepo(Path(path), output) for path, output in recorded)
     return first, second
 
 
