@@ -158,8 +158,8 @@ def maskgit_decode(
     chunk = batch if chunk_rows is None else max(1, chunk_rows)
     tokens = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
     steps = progress_bar(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress)
+    rows = [slice(start, start + chunk) for start in range(0, batch, chunk)]
     for step in steps:
-        rows = [slice(start, start + chunk) for start in range(0, batch, chunk)]
         drawn = [_sample_rows(logits_fn, tokens[part], labels[part], mask_id=mask_id, null_class=null_class,
                               plan=plan, step=step, generator=generator) for part in rows]
         sampled = torch.cat([part for part, _ in drawn])

@@ -112,7 +112,7 @@ def generate_tokens(
     outputs = [torch.zeros((0, seq_len), dtype=torch.long)]
     # On a CPU the decoder works over chunks of rows whose forward (conditional and unconditional
     # rows together) is about CPU_CHUNK_TOKENS tokens: its logits and noise then stay in cache.
-    chunk_rows = max(1, CPU_CHUNK_TOKENS // (2 * seq_len)) if device.type == "cpu" else None
+    chunk_rows = cpu_chunk_rows(seq_len, passes=2) if device.type == "cpu" else None
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     synchronize()
     start = time.perf_counter()
@@ -138,11 +138,17 @@ def generate_tokens(
 CPU_CHUNK_TOKENS = 5000
 
 
+def cpu_chunk_rows(seq_len: int, passes: int = 1) -> int:
+    """Sequences per CPU chunk, so that ``passes`` forward passes of them (2 with CFG) hold about
+    :data:`CPU_CHUNK_TOKENS` tokens."""
+    return max(1, CPU_CHUNK_TOKENS // (passes * seq_len))
+
+
 def model_logits(model: torch.nn.Module, device: torch.device, mixed_precision: str = "auto") -> LogitsFn:
     """The sampler's ``logits_fn`` for a loaded generator, in row chunks of about
     :data:`CPU_CHUNK_TOKENS` tokens on a CPU. ``mixed_precision`` (``sample.mixed_precision``):
     ``auto`` is bf16 autocast on CUDA and float32 elsewhere; ``bf16`` and ``no`` force it."""
-    rows = max(1, CPU_CHUNK_TOKENS // model.seq_len) if device.type == "cpu" else None
+    rows = cpu_chunk_rows(model.seq_len) if device.type == "cpu" else None
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
