@@ -38,20 +38,12 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
+from benchmarks.flops import counted_flops  # noqa: E402
 from benchmarks.model import IMAGENET, make_models, make_train_step  # noqa: E402
 from pipeline.config import SampleConfig  # noqa: E402
 from pipeline.config import replace as replace_config  # noqa: E402
 from pipeline.sampling import generate_samples  # noqa: E402
 from pipeline.tokenizer.vqgan import VQGANTokenizer  # noqa: E402
-
-
-def counted_flops(fn: Callable[[], object]) -> int:
-    """The FLOPs of one call of ``fn`` (matmuls, convolutions, attention), run once to count."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def tflops(flops: float, seconds: float) -> str:

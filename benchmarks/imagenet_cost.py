@@ -33,7 +33,6 @@ import argparse  # noqa: E402
 import io  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -41,9 +40,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 from PIL import Image  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from pipeline.config import Config, FusionConfig, config_from_dict, merge_overlay, replace  # noqa: E402  # noqa: E402
+from benchmarks.flops import counted_flops  # noqa: E402
+from pipeline.config import Config, FusionConfig, config_from_dict, merge_overlay, replace  # noqa: E402
 from pipeline.data import check_image_file, load_folder_image  # noqa: E402
 from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier  # noqa: E402
 from pipeline.model.generators import build_generator  # noqa: E402
@@ -69,12 +68,6 @@ MFU_INFER = 0.30  # bf16 transformer sampling (many small kernels per step)
 MFU_CONV = 0.30  # fp32 (TF32 tensor cores) VQGAN / Inception / classifier convolutions
 
 
-def count(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
 def preset_config() -> Config:
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     overlay = yaml.safe_load((REPO / "configs/imagenet256.yaml").read_text())
@@ -91,7 +84,7 @@ def vqgan_flops() -> tuple[float, float]:
         tokenizer = VQGANTokenizer()
         images = torch.zeros(1, 3, 256, 256)
         latents = torch.zeros(1, 256, 16, 16)
-    return count(lambda: tokenizer.encoder(images)), count(lambda: tokenizer.decoder(latents))
+    return counted_flops(lambda: tokenizer.encoder(images)), counted_flops(lambda: tokenizer.decoder(latents))
 
 
 def generator_flops(cfg: Config) -> dict[str, float]:
@@ -116,12 +109,12 @@ def generator_flops(cfg: Config) -> dict[str, float]:
         loss.backward()
 
     model.requires_grad_(False)  # inference (FlopCounterMode's module tracker dislikes no_grad here)
-    forward = count(lambda: model(tokens, labels))
+    forward = counted_flops(lambda: model(tokens, labels))
     return {
         "params": float(sum(p.numel() for p in model.parameters())),
         "forward": forward,
-        "train": count(lambda: step(False)),
-        "frozen": count(lambda: step(True)),
+        "train": counted_flops(lambda: step(False)),
+        "frozen": counted_flops(lambda: step(True)),
     }
 
 
@@ -146,7 +139,7 @@ def adapter_flops(cfg: Config) -> dict[str, float]:
         tokens = torch.randint(0, shape.codebook_size, (batch, shape.seq_len))
         labels = torch.arange(batch) % classes
         kamig.eval().precompute()  # as the sampler does: the tables are built outside the count
-        return count(lambda: kamig(tokens, labels)) - count(lambda: base(tokens, labels))
+        return counted_flops(lambda: kamig(tokens, labels)) - counted_flops(lambda: base(tokens, labels))
 
     result = {}
     for mode, training in (("train", True), ("infer", False)):
@@ -175,13 +168,13 @@ def classifier_flops(cfg: Config) -> tuple[float, float]:
         images = torch.zeros(1, 3, 256, 256)
         labels = torch.zeros(1, dtype=torch.long)
     model.requires_grad_(False)
-    forward = count(lambda: model.features_and_logits(images))
+    forward = counted_flops(lambda: model.features_and_logits(images))
     model.requires_grad_(True)
 
     def step() -> None:
         F.cross_entropy(model(images), labels).backward()
 
-    return forward, count(step)
+    return forward, counted_flops(step)
 
 
 def inception_flops() -> float | None:
@@ -191,7 +184,7 @@ def inception_flops() -> float | None:
         return None
     extractor = InceptionExtractor("cpu")
     images = torch.zeros(1, 3, 256, 256, dtype=torch.uint8)
-    return count(lambda: extractor(images))
+    return counted_flops(lambda: extractor(images))
 
 
 # --------------------------------------------------------------------------------------------

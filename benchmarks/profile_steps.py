@@ -31,7 +31,7 @@ from torch.profiler import ProfilerActivity, profile
 from benchmarks.model import FASHION, Shape, make_models, make_train_step
 from pipeline.config import SampleConfig
 from pipeline.sampling import DecodePlan, batch_generator, decode_plan, maskgit_decode
-from pipeline.sampling.generate import model_logits
+from pipeline.sampling.generate import cpu_chunk_rows, model_logits
 
 # Kinds of work, first match wins (aten operator names, lower case).
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -73,7 +73,8 @@ def profiled_shares(work: Callable[[], None]) -> tuple[float, dict[str, float]]:
 
 
 def one_decoding_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
-    """The middle step of the stage's 8-step plan, on the stage's batch, through its row chunks."""
+    """The middle step of the stage's 8-step plan, on the stage's batch, in the decoder's and the
+    forward's CPU row chunks, as the sample stage runs it (``pipeline.sampling.generate.generate_tokens``)."""
     full = decode_plan(SampleConfig(), model.seq_len)
     middle = full.steps // 2
     # A plan ends with nothing masked, so the one-step plan skips the re-masking top-k; the step
@@ -86,7 +87,8 @@ def one_decoding_step(model: torch.nn.Module, batch: int) -> Callable[[], None]:
 
     def step() -> None:
         maskgit_decode(logits_fn, labels, seq_len=model.seq_len, mask_id=model.mask_id,
-                       null_class=model.null_class, plan=plan, generator=batch_generator(0, 0))
+                       null_class=model.null_class, plan=plan, generator=batch_generator(0, 0),
+                       chunk_rows=cpu_chunk_rows(model.seq_len, passes=2))
         confidence = torch.rand(batch, model.seq_len)
         confidence.topk(keep, dim=-1, largest=False)
 

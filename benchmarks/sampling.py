@@ -7,7 +7,7 @@ Prints
 3. the sample stage's batch (500) decoded with the whole batch in one forward against the
    sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side, in float32 and with
    the opt-in ``sample.mixed_precision: bf16``;
-4. the sampling forward's rate (its FLOPs counted by ``torch.utils.flop_counter``, over its time)
+4. the sampling forward's rate (its FLOPs counted by :mod:`benchmarks.flops`, over its time)
    as a fraction of a 1024 x 1024 float32 matmul's rate in the same process, alternating;
 5. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
    + classifier forward) and statistics (mean/covariance + Fréchet distance), plus precision /
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.flops import counted_flops
 from benchmarks.model import FASHION, IMAGENET, make_models, time_interleaved
 from pipeline.config import SampleConfig
 from pipeline.config import replace as replace_config
@@ -163,8 +164,6 @@ def main() -> None:
 def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device) -> None:
     """The sampler's float32 forward (row chunks, a CFG batch, half the positions masked) in counted
     GFLOP/s, against a 1024 x 1024 float32 matmul's, alternating in this process."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
     tokens[:, ::2] = model.mask_id
@@ -173,9 +172,9 @@ def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: 
     model.requires_grad_(False)  # the FLOP counter's module hooks expect no autograd state at inference
     forward = model_logits(model, device, "no")
     a = torch.randn(1024, 1024, device=device)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        forward(tokens, both)
-    forward_flops, matmul_flops = counter.get_total_flops(), 2 * 1024**3
+    with torch.no_grad():
+        forward_flops = counted_flops(lambda: forward(tokens, both))
+    matmul_flops = 2 * 1024**3
     reps = max(1, round(forward_flops / matmul_flops))  # about as much work per timed call
 
     def run_forward(i: int) -> None:
