@@ -32,4 +32,3 @@ def test_cpu_attention_backward_is_counted_too():
     explicit = _torch_count(lambda: _explicit_attention(q, k, v).sum().backward())
     # The fused backward recomputes the scores from q and k: one matmul more than autograd's.
     assert fused == explicit + 2 * 2 * 2 * 20 * 20 * 16
-
