@@ -22,9 +22,10 @@ PLOTS_TEMPLATE := .dvc/offline_plots.html
 repro: setup data
 	source $(BIN)/activate && python -m pipeline.config check && dvc repro
 
-# One pytest-xdist worker per core, whole test files to a worker (module fixtures run once).
+# One pytest-xdist worker per core, whole test files to a worker (module fixtures run once), in
+# collection order: the end-to-end files first (tests/conftest.py).
 test: setup data browser
-	$(BIN)/python -m pytest -n auto --dist loadfile
+	$(BIN)/python -m pytest -n auto --dist loadfile --no-loadscope-reorder
 
 setup: $(STAMP) $(PLOTS_TEMPLATE)
 

@@ -10,7 +10,11 @@ compares the two. So the DAG runs once per session (twice, in parallel) instead 
 
 ``make test`` runs the suite in pytest-xdist workers, one per core, each with its own session: the
 first worker that needs the reproduced repositories builds them in the directory all workers share,
-and the others wait for them and read their record, so the DAG still runs once.
+and the others wait for them and read their record, so the DAG still runs once. The files that
+run DVC end to end (marked ``e2e``) are collected first, so that they start as soon as the DAG is
+there and the short files fill the end of the run on both workers; ``make test`` keeps that order
+with ``--no-loadscope-reorder`` (xdist's default hands out the files with the most tests first,
+which put the longest chain of DVC runs last, on one worker).
 """
 
 import json
@@ -28,6 +32,11 @@ from filelock import FileLock
 from tests.helpers import dvc_env, make_repo_copy, run
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End-to-end files first (a stable sort: each group keeps its files' order)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)
 
 
 @dataclass(frozen=True)
