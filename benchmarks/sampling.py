@@ -8,7 +8,8 @@ Prints
    sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side, in float32 and with
    the opt-in ``sample.mixed_precision: bf16``;
 4. the sampling forward's rate (its FLOPs counted by :mod:`benchmarks.flops`, over its time)
-   as a fraction of a 1024 x 1024 float32 matmul's rate in the same process, alternating;
+   as a fraction of a 1024 x 1024 matmul's rate in the same process and dtype, alternating:
+   float32, and the opt-in bf16 (whose FLOPs are the float32 forward's);
 5. the time of one FID evaluation of ``--images`` images, split into features (tokenizer decode
    + classifier forward) and statistics (mean/covariance + Fréchet distance), plus precision /
    recall; and the statistics part at Inception's 2048 dims. ``--inception`` also times
@@ -162,34 +163,46 @@ def main() -> None:
 
 
 def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device) -> None:
-    """The sampler's float32 forward (row chunks, a CFG batch, half the positions masked) in counted
-    GFLOP/s, against a 1024 x 1024 float32 matmul's, alternating in this process."""
+    """The sampler's forward (row chunks, a CFG batch, half the positions masked) in counted GFLOP/s,
+    against a 1024 x 1024 matmul's in the same dtype, all four alternating in this process: float32,
+    and the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
     tokens[:, ::2] = model.mask_id
     both = torch.cat([labels, torch.full_like(labels, model.null_class)]).cpu()
     tokens, both = tokens.to(device), both.to(device)
     model.requires_grad_(False)  # the FLOP counter's module hooks expect no autograd state at inference
-    forward = model_logits(model, device, "no")
-    a = torch.randn(1024, 1024, device=device)
+    forwards = {"fp32": model_logits(model, device, "no"), "bf16": model_logits(model, device, "bf16")}
     with torch.no_grad():
-        forward_flops = counted_flops(lambda: forward(tokens, both))
+        forward_flops = counted_flops(lambda: forwards["fp32"](tokens, both))
     matmul_flops = 2 * 1024**3
     reps = max(1, round(forward_flops / matmul_flops))  # about as much work per timed call
+    matrices = {"fp32": torch.randn(1024, 1024, device=device)}
+    matrices["bf16"] = matrices["fp32"].bfloat16()
 
-    def run_forward(i: int) -> None:
-        with torch.no_grad():
-            forward(tokens, both)
+    def forward(dtype: str) -> Callable[[int], None]:
+        def run(i: int) -> None:
+            with torch.no_grad():
+                forwards[dtype](tokens, both)
+        return run
 
-    wall, _ = time_interleaved({"forward": run_forward, "matmul": lambda i: [a @ a for _ in range(reps)]},
-                               device, rounds=args.rounds, reps=1, warmup=1)
-    forward_rate, matmul_rate = forward_flops / wall["forward"], reps * matmul_flops / wall["matmul"]
-    print(f"\n4. the sampling forward ({len(tokens)} sequences of {model.seq_len}, float32, row chunks) "
-          "against a 1024² float32 matmul, same process")
-    for name, flops, rate in (("forward", forward_flops, forward_rate),
-                              ("matmul", reps * matmul_flops, matmul_rate)):
-        print(f"  {name:<7} {flops / 1e9:7.1f} GFLOP in {wall[name]:.3f} s = {rate / 1e9:6.1f} GFLOP/s")
-    print(f"  forward / matmul rate  {forward_rate / matmul_rate:.0%}")
+    def matmul(dtype: str) -> Callable[[int], None]:
+        a = matrices[dtype]
+        return lambda i: [a @ a for _ in range(reps)]
+
+    contenders = {f"{kind} {dtype}": make(dtype) for dtype in forwards
+                  for kind, make in (("forward", forward), ("matmul", matmul))}
+    wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
+    flops = {"forward": forward_flops, "matmul": reps * matmul_flops}
+    rate = {name: flops[name.split()[0]] / wall[name] for name in wall}
+    print(f"\n4. the sampling forward ({len(tokens)} sequences of {model.seq_len}, row chunks) against a "
+          "1024² matmul of the same dtype, same process")
+    for name in contenders:
+        print(f"  {name:<12} {flops[name.split()[0]] / 1e9:7.1f} GFLOP in {wall[name]:.3f} s "
+              f"= {rate[name] / 1e9:7.1f} GFLOP/s")
+    print(f"  forward / matmul rate: float32 {rate['forward fp32'] / rate['matmul fp32']:.0%}, "
+          f"bf16 {rate['forward bf16'] / rate['matmul bf16']:.0%} "
+          f"(bf16 forward / float32 matmul {rate['forward bf16'] / rate['matmul fp32']:.0%})")
 
 
 def time_evaluation(args, model, labels, plan, device, amp) -> None:
