@@ -46,7 +46,14 @@ from pipeline.images import quantize
 from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier
 from pipeline.metrics.fid import GaussianStats, feature_stats, fid_from_stats
 from pipeline.metrics.precision_recall import precision_recall
-from pipeline.sampling import DecodePlan, batch_generator, class_balanced_labels, decode_plan, maskgit_decode
+from pipeline.sampling import (
+    DecodePlan,
+    LogitsFn,
+    batch_generator,
+    class_balanced_labels,
+    decode_plan,
+    maskgit_decode,
+)
 from pipeline.sampling.generate import model_logits
 
 MODELS = Path("models")
@@ -177,28 +184,30 @@ def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: 
         forward_flops = counted_flops(lambda: forwards["fp32"](tokens, both))
     matmul_flops = 2 * 1024**3
     reps = max(1, round(forward_flops / matmul_flops))  # about as much work per timed call
-    matrices = {"fp32": torch.randn(1024, 1024, device=device)}
-    matrices["bf16"] = matrices["fp32"].bfloat16()
+    matrix = torch.randn(1024, 1024, device=device)
+    matrices = {"fp32": matrix, "bf16": matrix.bfloat16()}
 
-    def forward(dtype: str) -> Callable[[int], None]:
+    def forward(logits_fn: LogitsFn) -> Callable[[int], None]:
         def run(i: int) -> None:
             with torch.no_grad():
-                forwards[dtype](tokens, both)
+                logits_fn(tokens, both)
         return run
 
-    def matmul(dtype: str) -> Callable[[int], None]:
-        a = matrices[dtype]
+    def matmul(a: torch.Tensor) -> Callable[[int], None]:
         return lambda i: [a @ a for _ in range(reps)]
 
-    contenders = {f"{kind} {dtype}": make(dtype) for dtype in forwards
-                  for kind, make in (("forward", forward), ("matmul", matmul))}
-    wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
-    flops = {"forward": forward_flops, "matmul": reps * matmul_flops}
-    rate = {name: flops[name.split()[0]] / wall[name] for name in wall}
+    # name -> (timed call, its FLOPs); bf16 does the float32 forward's work in another dtype
+    work = {}
+    for dtype in forwards:
+        work[f"forward {dtype}"] = (forward(forwards[dtype]), forward_flops)
+        work[f"matmul {dtype}"] = (matmul(matrices[dtype]), reps * matmul_flops)
+    wall, _ = time_interleaved({name: fn for name, (fn, _) in work.items()}, device,
+                               rounds=args.rounds, reps=1, warmup=1)
+    rate = {name: flops / wall[name] for name, (_, flops) in work.items()}
     print(f"\n4. the sampling forward ({len(tokens)} sequences of {model.seq_len}, row chunks) against a "
           "1024² matmul of the same dtype, same process")
-    for name in contenders:
-        print(f"  {name:<12} {flops[name.split()[0]] / 1e9:7.1f} GFLOP in {wall[name]:.3f} s "
+    for name, (_, flops) in work.items():
+        print(f"  {name:<12} {flops / 1e9:7.1f} GFLOP in {wall[name]:.3f} s "
               f"= {rate[name] / 1e9:7.1f} GFLOP/s")
     print(f"  forward / matmul rate: float32 {rate['forward fp32'] / rate['matmul fp32']:.0%}, "
           f"bf16 {rate['forward bf16'] / rate['matmul bf16']:.0%} "
