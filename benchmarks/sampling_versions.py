@@ -5,8 +5,8 @@ temporary git worktree, runs against this checkout's, alternating over ``--round
 run in a fresh process on the same trained models (``models/`` of this checkout: run ``dvc repro``
 first). Every contender samples ``--per-class`` images per class of the base model and of KA-MIG
 with the params of its own tree (the stage's batch of 500, 8 steps, CFG 1). This checkout runs
-twice: as configured (result-preserving) and with ``sample.mixed_precision: bf16`` (opt-in, other
-samples).
+twice where the CPU has native bf16: as configured (result-preserving) and with
+``sample.mixed_precision: bf16`` (opt-in, other samples).
 
 Prints, per contender, medians over the rounds:
 - images/s of token generation (the number in ``metrics/sample_<variant>.json``);
@@ -14,12 +14,14 @@ Prints, per contender, medians over the rounds:
 - the ratios against the first (oldest) commit, and KA-MIG over base;
 - whether each contender's tokens are the first commit's, byte for byte (bf16: other samples).
 
-    python -m benchmarks.sampling_versions                    # the last two sampling changes' parents
+    python -m benchmarks.sampling_versions                    # the three CPU sampling changes' parents
     python -m benchmarks.sampling_versions --before HEAD~3 --rounds 5
 
-The older commit must read this checkout's models and token meta: commits before the one weight
-format and the class names in the token meta (``0ad6633``) cannot. The CPU sampling work before
-that (``bdb6b9b^`` → ``0ad6633``: row chunks, 1.31x / 1.42x base / KA-MIG) was measured then.
+The older commit must read this checkout's models and token meta. Commits from ``bdb6b9b^`` on do:
+the generators' weights were already safetensors, and two shims in the probe cover the rest (a
+token meta from before ``0ad6633`` ignores the class names; a tree from before ``e0fe421`` skips
+its check of the tokenizer, which it would look for as ``model.pt``). Neither touches the
+sampling. The first default, ``bdb6b9b^``, is the sampler before any of the CPU work.
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.sampling.generate import cpu_has_native_bf16
+
 ROOT = Path(__file__).resolve().parent.parent
-# The parents of the latest sampling changes: CFG and Gumbel noise in place (85c93d3), then the
-# decoder's row chunks (2dcdc00). Both read today's formats.
-BASELINES = ("85c93d3^", "2dcdc00^")
-# The first commit whose models and token meta this checkout's formats match.
-OLDEST_READABLE = "0ad6633"
+# The parents of the CPU sampling changes, oldest first: the forward in row chunks (bdb6b9b), CFG
+# and Gumbel noise in place (85c93d3), the decoder's row chunks (2dcdc00).
+BASELINES = ("bdb6b9b^", "85c93d3^", "2dcdc00^")
+# The oldest commit whose sampler reads this checkout's models and token meta (with the probe's shim).
+OLDEST_READABLE = "bdb6b9b^"
 
 # Runs inside a contender's tree (sys.path[0]): its pipeline, its params.yaml, our models/.
 PROBE = r"""
@@ -47,7 +51,19 @@ import torch
 from pipeline import layout
 from pipeline.config import load_config, replace
 from pipeline.sampling.generate import sample_variant
+from pipeline import shards
 from pipeline.shards import read_meta
+from pipeline.tokenizer import base as tokenizer_base
+
+# Shims that let an older tree read today's files; neither touches the sampling.
+# 1. Token metas gained class_names at 0ad6633: an older TokenMeta ignores them.
+if "class_names" not in shards.TokenMeta.__dataclass_fields__:
+    _init = shards.TokenMeta.__init__
+    shards.TokenMeta.__init__ = lambda self, *args, class_names=(), **kwargs: _init(self, *args, **kwargs)
+# 2. The tokenizer moved from model.pt to safetensors at e0fe421: an older tree's guard (the tokens
+#    came from this tokenizer) would hash a file that no longer exists, so it is taken as passed.
+if tokenizer_base.WEIGHTS_FILE == "model.pt":
+    tokenizer_base.tokenizer_fingerprint = lambda _: read_meta(layout.TOKENS_DIR).tokenizer_fingerprint
 
 tree, variant, per_class, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 cfg = load_config(tree + "/params.yaml")
@@ -94,7 +110,11 @@ def main() -> None:
                                check=True, capture_output=True)
                 contenders[commit] = (worktree, "default")
             contenders["now"] = (ROOT, "default")
-            contenders["now bf16"] = (ROOT, "bf16")
+            if cpu_has_native_bf16():
+                contenders["now bf16"] = (ROOT, "bf16")
+            else:
+                print("no bf16 contender: this CPU has no native bf16, where the opt-in samples at "
+                      "about half float32's rate", file=sys.stderr)
             runs: dict[tuple[str, str], list[dict[str, float | str]]] = {}
             for round_index in range(args.rounds):
                 for variant in ("base", "kamig"):

@@ -65,6 +65,27 @@ def test_attention_is_bidirectional_and_class_conditioned() -> None:
         assert not torch.allclose(out, model(tokens, torch.tensor([model.null_class])))
 
 
+def test_mlp_gelu_in_place_without_autograd_is_the_textbook_mlp() -> None:
+    """Without autograd the MLP applies GELU in place (less memory traffic when sampling). Either
+    way the output must be the textbook ``proj(gelu(fc(x)))`` bit for bit, and with autograd the
+    gradients the textbook ones."""
+    torch.manual_seed(0)
+    mlp = make_model().blocks[0].mlp
+    x = torch.randn(3, 5, 16)
+    textbook = mlp.proj(torch.nn.functional.gelu(mlp.fc(x)))
+    with torch.no_grad():
+        assert torch.equal(mlp(x), textbook)
+    with torch.inference_mode():
+        assert torch.equal(mlp(x), textbook)
+    leaf = x.clone().requires_grad_(True)
+    output = mlp(leaf)
+    assert torch.equal(output, textbook)
+    output.square().sum().backward()
+    expected = torch.autograd.grad(mlp.proj(torch.nn.functional.gelu(mlp.fc(x.clone().requires_grad_(True))))
+                                   .square().sum(), mlp.fc.weight)[0]
+    assert torch.equal(mlp.fc.weight.grad, expected) and leaf.grad is not None
+
+
 def test_dropout_only_in_training_mode() -> None:
     model = make_model(dropout=0.5)
     tokens, labels = torch.randint(0, V, (2, L)), torch.tensor([0, 1])

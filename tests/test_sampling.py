@@ -297,6 +297,21 @@ def test_masked_counts_are_the_hand_computed_ones(schedule: str, expected: list[
     assert masked_counts(schedule, 8, 256) == expected
 
 
+def test_bf16_sampling_warns_on_a_cpu_without_native_bf16(monkeypatch, caplog) -> None:
+    """bf16 on a CPU that emulates it samples slower than float32: the user is told, once per
+    model, and nothing is said where the CPU has AVX512-BF16 or AMX, or for float32."""
+    import pipeline.sampling.generate as generate
+    from tests.test_model import make_model
+
+    model = make_model()
+    for native, precision, warned in ((False, "bf16", True), (True, "bf16", False), (False, "no", False)):
+        monkeypatch.setattr(generate, "cpu_has_native_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger=generate.__name__):
+            generate.model_logits(model, torch.device("cpu"), precision)
+        assert any("no native bf16" in r.getMessage() for r in caplog.records) == warned, (native, precision)
+
+
 def test_chunked_cpu_logits_are_the_whole_batch_logits() -> None:
     """The sampler's CPU forward runs in row chunks for the cache; it must give the same bytes as
     one forward of the whole batch, for a model with an adapter too (its precomputed tables)."""

@@ -96,7 +96,15 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        hidden = self.fc(x)
+        if torch.is_grad_enabled() and hidden.requires_grad:
+            hidden = F.gelu(hidden)  # in place, autograd would copy the input for backward
+        else:
+            # Without autograd, GELU in place on the fresh hidden activations (the same kernel, the
+            # same bits) saves one (tokens, 4 x dim) buffer per block: the CPU sampling forward is
+            # memory-bound between its matmuls and runs about 1.05x faster.
+            hidden = torch.ops.aten.gelu_(hidden)
+        return self.dropout(self.proj(hidden))
 
 
 class Block(nn.Module):

@@ -144,12 +144,20 @@ def cpu_chunk_rows(seq_len: int, passes: int = 1) -> int:
     return max(1, CPU_CHUNK_TOKENS // (passes * seq_len))
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 sampling pays."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def model_logits(model: torch.nn.Module, device: torch.device, mixed_precision: str = "auto") -> LogitsFn:
     """The sampler's ``logits_fn`` for a loaded generator, in row chunks of about
     :data:`CPU_CHUNK_TOKENS` tokens on a CPU. ``mixed_precision`` (``sample.mixed_precision``):
     ``auto`` is bf16 autocast on CUDA and float32 elsewhere; ``bf16`` and ``no`` force it."""
     rows = cpu_chunk_rows(model.seq_len) if device.type == "cpu" else None
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
+    if bf16 and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("sample.mixed_precision is bf16, but this CPU has no native bf16 (AVX512-BF16 or AMX): "
+                    "bf16 is emulated there and samples about half as fast as float32 ('no')")
 
     def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
