@@ -15,6 +15,9 @@ Prints
    recall; and the statistics part at Inception's 2048 dims. ``--inception`` also times
    InceptionV3 features (slow on a CPU: a few images/s).
 
+The bf16 contenders (3 and 4) run where bf16 is native (a GPU, or a CPU with AVX512-BF16 or AMX);
+a CPU that emulates it samples at about half float32's rate, and the script says it skipped them.
+
 Models: ``models/base`` and ``models/kamig`` (and ``models/tokenizer``, ``models/classifier``)
 when they exist; otherwise randomly initialised ones of the default sizes (speed does not depend
 on the weights). ``--tokens 196`` times random-init models of the default width at 14 x 14 tokens
@@ -54,7 +57,7 @@ from pipeline.sampling import (
     decode_plan,
     maskgit_decode,
 )
-from pipeline.sampling.generate import model_logits
+from pipeline.sampling.generate import cpu_has_native_bf16, model_logits
 
 MODELS = Path("models")
 
@@ -110,6 +113,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    if not bf16:
+        print("no bf16 contenders: this CPU has no native bf16 (AVX512-BF16 or AMX)")
     shape = dataclasses.replace(IMAGENET if args.imagenet else FASHION)
     if args.tokens:
         shape = dataclasses.replace(shape, seq_len=args.tokens)
@@ -151,35 +157,43 @@ def main() -> None:
         contenders[f"{name} whole batch"] = decoder(model, stage_labels, parallel, amp)
         chunked = model_logits(model, device)
         contenders[f"{name} row chunks"] = decoder(model, stage_labels, parallel, amp, chunked)
-        bf16 = model_logits(model, device, "bf16")
-        contenders[f"{name} bf16"] = decoder(model, stage_labels, parallel, amp, bf16)
+        if bf16:
+            contenders[f"{name} bf16"] = decoder(model, stage_labels, parallel, amp,
+                                                 model_logits(model, device, "bf16"))
     wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
     print(f"\n3. the sample stage's batch of {stage_batch} (x2 with CFG): one forward of the whole batch "
-          f"against the sampler's row chunks (model_logits), then bf16 (opt-in: other samples)")
+          "against the sampler's row chunks (model_logits)" + (", then bf16 (opt-in: other samples)" * bf16))
     for name in ("base", "kamig"):
-        whole, chunks, bf16 = (wall[f"{name} {kind}"] for kind in ("whole batch", "row chunks", "bf16"))
-        print(f"  {name:<6} {stage_batch / whole:8.1f} -> {stage_batch / chunks:8.1f} images/s  "
-              f"({whole / chunks:.2f}x); bf16 {stage_batch / bf16:8.1f} images/s ({whole / bf16:.2f}x)")
+        whole, chunks = wall[f"{name} whole batch"], wall[f"{name} row chunks"]
+        line = (f"  {name:<6} {stage_batch / whole:8.1f} -> {stage_batch / chunks:8.1f} images/s  "
+                f"({whole / chunks:.2f}x)")
+        if bf16:
+            half = wall[f"{name} bf16"]
+            line += f"; bf16 {stage_batch / half:8.1f} images/s ({whole / half:.2f}x)"
+        print(line)
     print(f"  kamig / base with row chunks  {wall['kamig row chunks'] / wall['base row chunks']:.3f}x")
 
     # ---- 4. the forward against the matmul rate -----------------------------------------------
-    matmul_fraction(args, base, stage_labels, device)
+    matmul_fraction(args, base, stage_labels, device, bf16)
 
     # ---- 5. one FID evaluation ----------------------------------------------------------------
     time_evaluation(args, base, labels, parallel, device, amp)
 
 
-def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device) -> None:
+def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device,
+                    bf16: bool = True) -> None:
     """The sampler's forward (row chunks, a CFG batch, half the positions masked) in counted GFLOP/s,
     against a 1024 x 1024 matmul's in the same dtype, all four alternating in this process: float32,
-    and the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
+    and (``bf16``) the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
     tokens[:, ::2] = model.mask_id
     both = torch.cat([labels, torch.full_like(labels, model.null_class)]).cpu()
     tokens, both = tokens.to(device), both.to(device)
     model.requires_grad_(False)  # the FLOP counter's module hooks expect no autograd state at inference
-    forwards = {"fp32": model_logits(model, device, "no"), "bf16": model_logits(model, device, "bf16")}
+    forwards = {"fp32": model_logits(model, device, "no")}
+    if bf16:
+        forwards["bf16"] = model_logits(model, device, "bf16")
     with torch.no_grad():
         forward_flops = counted_flops(lambda: forwards["fp32"](tokens, both))
     matmul_flops = 2 * 1024**3
@@ -209,9 +223,11 @@ def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: 
     for name, (_, flops) in work.items():
         print(f"  {name:<12} {flops / 1e9:7.1f} GFLOP in {wall[name]:.3f} s "
               f"= {rate[name] / 1e9:7.1f} GFLOP/s")
-    print(f"  forward / matmul rate: float32 {rate['forward fp32'] / rate['matmul fp32']:.0%}, "
-          f"bf16 {rate['forward bf16'] / rate['matmul bf16']:.0%} "
-          f"(bf16 forward / float32 matmul {rate['forward bf16'] / rate['matmul fp32']:.0%})")
+    line = f"  forward / matmul rate: float32 {rate['forward fp32'] / rate['matmul fp32']:.0%}"
+    if bf16:
+        line += (f", bf16 {rate['forward bf16'] / rate['matmul bf16']:.0%} "
+                 f"(bf16 forward / float32 matmul {rate['forward bf16'] / rate['matmul fp32']:.0%})")
+    print(line)
 
 
 def time_evaluation(args, model, labels, plan, device, amp) -> None:
