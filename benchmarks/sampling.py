@@ -183,8 +183,8 @@ def main() -> None:
 def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device,
                     bf16: bool = True) -> None:
     """The sampler's forward (row chunks, a CFG batch, half the positions masked) in counted GFLOP/s,
-    against a 1024 x 1024 matmul's in the same dtype, all four alternating in this process: float32,
-    and (``bf16``) the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
+    against a 1024 x 1024 matmul's in the same dtype, alternating in this process: float32, and with
+    ``bf16`` the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
     tokens[:, ::2] = model.mask_id
