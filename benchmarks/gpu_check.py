@@ -105,9 +105,9 @@ def check_sampling(device: torch.device, shape, samples: int, batch: int) -> Non
     kamig.precompute()
     amp = device.type == "cuda" and torch.cuda.is_bf16_supported()
 
-    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return kamig(tokens, labels)
+            return kamig(tokens, labels, positions)
 
     per_class = max(1, samples // shape.num_classes)
     cfg = replace_config(SampleConfig(), steps=8, per_class=per_class, batch_size=batch, cfg=2.0,
@@ -185,9 +185,9 @@ def check_autonat(device: torch.device, steps: int, batch: int, samples: int, sm
     cfg = replace_config(SampleConfig(), steps=preset["steps"], strategy=preset["strategy"],
                          per_class=per_class, batch_size=min(250, per_class * spec.num_classes))
 
-    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return model(tokens, labels)
+            return model(tokens, labels, positions)
 
     result = generate_samples(logits_fn, num_classes=spec.num_classes, seq_len=spec.seq_len,
                               mask_id=model.mask_id, null_class=model.null_class, sample_cfg=cfg, seed=0,

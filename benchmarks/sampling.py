@@ -5,8 +5,8 @@ Prints
    decoding (``seq_len`` steps) of the same model and batch: the parallel-decoding speedup;
 2. KA-MIG against base sampling time (8 steps, CFG, the inference cache on), as a ratio;
 3. the sample stage's batch (500) decoded with the whole batch in one forward against the
-   sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side, in float32 and with
-   the opt-in ``sample.mixed_precision: bf16``;
+   sampler's CPU row chunks (``model_logits``), base and KA-MIG, side by side, in float32, with the
+   opt-in ``sample.token_draw: inverse_cdf`` and with the opt-in ``sample.mixed_precision: bf16``;
 4. the sampling forward's rate (its FLOPs counted by :mod:`benchmarks.flops`, over its time)
    as a fraction of a 1024 x 1024 matmul's rate in the same process and dtype, alternating:
    float32, and the opt-in bf16 (whose FLOPs are the float32 forward's);
@@ -57,6 +57,7 @@ from pipeline.sampling import (
     decode_plan,
     maskgit_decode,
 )
+from pipeline.sampling.decode import TokenDraw
 from pipeline.sampling.generate import cpu_has_native_bf16, model_logits
 
 MODELS = Path("models")
@@ -85,13 +86,14 @@ def one_token_per_step(seq_len: int, cfg: float) -> DecodePlan:
 
 def decoder(
     model: torch.nn.Module, labels: torch.Tensor, plan: DecodePlan, amp: bool,
-    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    logits_fn: LogitsFn | None = None, token_draw: TokenDraw = "gumbel_max",
 ) -> Callable[[int], None]:
     """One timed decode of ``labels`` with ``model`` (through ``logits_fn`` when given)."""
     def run(i: int) -> None:
         with torch.autocast(labels.device.type, dtype=torch.bfloat16, enabled=amp):
             maskgit_decode(logits_fn or model, labels, seq_len=model.seq_len, mask_id=model.mask_id,
-                           null_class=model.null_class, plan=plan, generator=batch_generator(0, i))
+                           null_class=model.null_class, plan=plan, generator=batch_generator(0, i),
+                           token_draw=token_draw)
 
     return run
 
@@ -157,16 +159,21 @@ def main() -> None:
         contenders[f"{name} whole batch"] = decoder(model, stage_labels, parallel, amp)
         chunked = model_logits(model, device)
         contenders[f"{name} row chunks"] = decoder(model, stage_labels, parallel, amp, chunked)
+        contenders[f"{name} inverse_cdf"] = decoder(model, stage_labels, parallel, amp, chunked,
+                                                    "inverse_cdf")
         if bf16:
             contenders[f"{name} bf16"] = decoder(model, stage_labels, parallel, amp,
                                                  model_logits(model, device, "bf16"))
     wall, _ = time_interleaved(contenders, device, rounds=args.rounds, reps=1, warmup=1)
     print(f"\n3. the sample stage's batch of {stage_batch} (x2 with CFG): one forward of the whole batch "
-          "against the sampler's row chunks (model_logits)" + (", then bf16 (opt-in: other samples)" * bf16))
+          "against the sampler's row chunks (model_logits), then the opt-in sample.token_draw: inverse_cdf"
+          + (" and bf16" * bf16) + " (other samples)")
     for name in ("base", "kamig"):
         whole, chunks = wall[f"{name} whole batch"], wall[f"{name} row chunks"]
+        inverse = wall[f"{name} inverse_cdf"]
         line = (f"  {name:<6} {stage_batch / whole:8.1f} -> {stage_batch / chunks:8.1f} images/s  "
-                f"({whole / chunks:.2f}x)")
+                f"({whole / chunks:.2f}x); inverse_cdf {stage_batch / inverse:8.1f} images/s "
+                f"({whole / inverse:.2f}x)")
         if bf16:
             half = wall[f"{name} bf16"]
             line += f"; bf16 {stage_batch / half:8.1f} images/s ({whole / half:.2f}x)"
@@ -182,20 +189,22 @@ def main() -> None:
 
 def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: torch.device,
                     bf16: bool = True) -> None:
-    """The sampler's forward (row chunks, a CFG batch, half the positions masked) in counted GFLOP/s,
-    against a 1024 x 1024 matmul's in the same dtype, alternating in this process: float32, and with
-    ``bf16`` the opt-in bf16 autocast (``sample.mixed_precision: bf16``) against a bf16 matmul."""
+    """The sampler's forward (row chunks, a CFG batch, half the positions masked, logits at those)
+    in counted GFLOP/s, against a 1024 x 1024 matmul's in the same dtype, alternating in this
+    process: float32, and with ``bf16`` the opt-in bf16 autocast (``sample.mixed_precision: bf16``)
+    against a bf16 matmul."""
     generator = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, model.codebook_size, (2 * len(labels), model.seq_len), generator=generator)
     tokens[:, ::2] = model.mask_id
+    positions = torch.arange(0, model.seq_len, 2).expand(len(tokens), -1)  # the masked ones: logits there
     both = torch.cat([labels, torch.full_like(labels, model.null_class)]).cpu()
-    tokens, both = tokens.to(device), both.to(device)
+    tokens, both, positions = tokens.to(device), both.to(device), positions.to(device)
     model.requires_grad_(False)  # the FLOP counter's module hooks expect no autograd state at inference
     forwards = {"fp32": model_logits(model, device, "no")}
     if bf16:
         forwards["bf16"] = model_logits(model, device, "bf16")
     with torch.no_grad():
-        forward_flops = counted_flops(lambda: forwards["fp32"](tokens, both))
+        forward_flops = counted_flops(lambda: forwards["fp32"](tokens, both, positions))
     matmul_flops = 2 * 1024**3
     reps = max(1, round(forward_flops / matmul_flops))  # about as much work per timed call
     matrix = torch.randn(1024, 1024, device=device)
@@ -204,7 +213,7 @@ def matmul_fraction(args, model: torch.nn.Module, labels: torch.Tensor, device: 
     def forward(logits_fn: LogitsFn) -> Callable[[int], None]:
         def run(i: int) -> None:
             with torch.no_grad():
-                logits_fn(tokens, both)
+                logits_fn(tokens, both, positions)
         return run
 
     def matmul(a: torch.Tensor) -> Callable[[int], None]:

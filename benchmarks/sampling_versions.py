@@ -5,14 +5,15 @@ temporary git worktree, runs against this checkout's, alternating over ``--round
 run in a fresh process on the same trained models (``models/`` of this checkout: run ``dvc repro``
 first). Every contender samples ``--per-class`` images per class of the base model and of KA-MIG
 with the params of its own tree (the stage's batch of 500, 8 steps, CFG 1). This checkout runs
-twice where the CPU has native bf16: as configured (result-preserving) and with
-``sample.mixed_precision: bf16`` (opt-in, other samples).
+as configured (result-preserving), then with each opt-in that changes the samples:
+``sample.token_draw: inverse_cdf`` ("now icdf") and, where the CPU has native bf16,
+``sample.mixed_precision: bf16`` ("now bf16").
 
 Prints, per contender, medians over the rounds:
 - images/s of token generation (the number in ``metrics/sample_<variant>.json``);
 - the stage's work in seconds: loading the model, its precomputed tables and the sampling;
 - the ratios against the first (oldest) commit, and KA-MIG over base;
-- whether each contender's tokens are the first commit's, byte for byte (bf16: other samples).
+- whether each contender's tokens are the first commit's, byte for byte (the opt-ins: other samples).
 
     python -m benchmarks.sampling_versions                    # the three CPU sampling changes' parents
     python -m benchmarks.sampling_versions --before HEAD~3 --rounds 5
@@ -65,12 +66,9 @@ if "class_names" not in shards.TokenMeta.__dataclass_fields__:
 if tokenizer_base.WEIGHTS_FILE == "model.pt":
     tokenizer_base.tokenizer_fingerprint = lambda _: read_meta(layout.TOKENS_DIR).tokenizer_fingerprint
 
-tree, variant, per_class, precision = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+tree, variant, per_class, opt_in = sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4])
 cfg = load_config(tree + "/params.yaml")
-overrides = {"per_class": per_class}
-if precision != "default":
-    overrides["mixed_precision"] = precision
-cfg = replace(cfg, sample=replace(cfg.sample, **overrides))
+cfg = replace(cfg, sample=replace(cfg.sample, per_class=per_class, **opt_in))
 
 class State:  # one process, as accelerate's PartialState describes it
     device, num_processes, process_index, is_main_process = torch.device("cpu"), 1, 0, True
@@ -83,9 +81,9 @@ print(json.dumps({"images_per_s": samples.images_per_s, "work_s": work_s,
 """
 
 
-def run_probe(tree: Path, variant: str, per_class: int, precision: str) -> dict[str, float | str]:
-    result = subprocess.run([sys.executable, "-c", PROBE, str(tree), variant, str(per_class), precision],
-                            cwd=ROOT, capture_output=True, text=True)
+def run_probe(tree: Path, variant: str, per_class: int, opt_in: dict[str, str]) -> dict[str, float | str]:
+    argv = [sys.executable, "-c", PROBE, str(tree), variant, str(per_class), json.dumps(opt_in)]
+    result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"the probe failed in {tree} ({variant}); a commit older than {OLDEST_READABLE} "
                          f"cannot read this checkout's models or token meta:\n{result.stderr[-3000:]}")
@@ -102,25 +100,27 @@ def main() -> None:
     if not (ROOT / "models" / "kamig").is_dir():
         raise SystemExit("no models/kamig: run `dvc repro` first")
     with tempfile.TemporaryDirectory() as tmp:
-        contenders: dict[str, tuple[Path, str]] = {}
+        # name -> (tree, its sample.* opt-ins)
+        contenders: dict[str, tuple[Path, dict[str, str]]] = {}
         try:
             for commit in args.before:
                 worktree = Path(tmp) / f"before{len(contenders)}"
                 subprocess.run(["git", "worktree", "add", "--detach", str(worktree), commit], cwd=ROOT,
                                check=True, capture_output=True)
-                contenders[commit] = (worktree, "default")
-            contenders["now"] = (ROOT, "default")
+                contenders[commit] = (worktree, {})
+            contenders["now"] = (ROOT, {})
+            contenders["now icdf"] = (ROOT, {"token_draw": "inverse_cdf"})
             if cpu_has_native_bf16():
-                contenders["now bf16"] = (ROOT, "bf16")
+                contenders["now bf16"] = (ROOT, {"mixed_precision": "bf16"})
             else:
                 print("no bf16 contender: this CPU has no native bf16, where the opt-in samples at "
                       "about half float32's rate", file=sys.stderr)
             runs: dict[tuple[str, str], list[dict[str, float | str]]] = {}
             for round_index in range(args.rounds):
                 for variant in ("base", "kamig"):
-                    for name, (tree, precision) in contenders.items():
+                    for name, (tree, opt_in) in contenders.items():
                         runs.setdefault((name, variant), []).append(
-                            run_probe(tree, variant, args.per_class, precision))
+                            run_probe(tree, variant, args.per_class, opt_in))
                 print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             for tree, _ in contenders.values():

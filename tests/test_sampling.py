@@ -38,10 +38,17 @@ class FakeModel:
         self.class_table = torch.randn(K + 1, V, generator=g) * 3
         self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
-    def __call__(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(self, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+                 ) -> torch.Tensor:
         self.calls.append((tokens.clone(), labels.clone()))
         context = self.token_table[tokens].mean(dim=1, keepdim=True)
-        return self.position_table[None] + context + self.class_table[labels][:, None]
+        logits = self.position_table[None] + context + self.class_table[labels][:, None]
+        return logits if positions is None else at_positions(logits, positions)
+
+
+def at_positions(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, L, V) logits -> (B, M, V) at ``positions`` (B, M)."""
+    return logits.gather(1, positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1]))
 
 
 def decode(model, labels, plan, seed=0, on_step=None):
@@ -104,14 +111,15 @@ def test_cfg_scale_zero_is_the_conditional_logits():
     tokens = torch.full((3, L), MASK)
     tokens[:, ::2] = 5
     labels = torch.tensor([0, 1, 3])
-    cond = model(tokens, labels)
+    positions = torch.arange(1, L, 2).expand(3, -1)  # the masked ones
+    cond = model(tokens, labels, positions)
     model.calls.clear()
-    assert torch.equal(guided_logits(model, tokens, labels, NULL, 0.0), cond)
+    assert torch.equal(guided_logits(model, tokens, labels, positions, NULL, 0.0), cond)
     assert len(model.calls) == 1 and not (model.calls[0][1] == NULL).any()  # no unconditional pass
 
-    uncond = model(tokens, torch.full_like(labels, NULL))
+    uncond = model(tokens, torch.full_like(labels, NULL), positions)
     model.calls.clear()
-    guided = guided_logits(model, tokens, labels, NULL, 2.0)
+    guided = guided_logits(model, tokens, labels, positions, NULL, 2.0)
     assert len(model.calls) == 1  # conditional and unconditional batched into one call
     batched_tokens, batched_labels = model.calls[0]
     assert batched_tokens.shape[0] == 6 and batched_labels.tolist() == [0, 1, 3, NULL, NULL, NULL]
@@ -176,8 +184,9 @@ def test_confidence_ranks_the_untempered_probabilities(monkeypatch: pytest.Monke
     plan = DecodePlan(masked_after=(1, 0), temperature=(4.0, 4.0), choice_temperature=(0.0, 0.0),
                       cfg=(0.0, 0.0))
     after = []
-    maskgit_decode(lambda tokens, labels: logits.expand(len(tokens), -1, -1), torch.tensor([0]), seq_len=2,
-                   mask_id=8, null_class=1, plan=plan, generator=torch.Generator().manual_seed(0),
+    maskgit_decode(lambda tokens, labels, where: at_positions(logits.expand(len(tokens), -1, -1), where),
+                   torch.tensor([0]), seq_len=2, mask_id=8, null_class=1, plan=plan,
+                   generator=torch.Generator().manual_seed(0),
                    on_step=lambda step, tokens: after.append(tokens.clone()))
     assert after[0].tolist() == [[3, 8]]  # tempered confidences would have kept position 1 instead
     assert after[1].tolist() == [[3, 5]]
@@ -224,16 +233,54 @@ def test_batches_are_independent_of_run_order():
     assert np.array_equal(whole.tokens[5:10], second.numpy())
 
 
+@pytest.mark.parametrize("token_draw", ["gumbel_max", "inverse_cdf"])
 @pytest.mark.parametrize("chunk_rows", [1, 3, 10, 64])
-def test_decoding_in_row_chunks_gives_the_whole_batch_tokens(chunk_rows):
+def test_decoding_in_row_chunks_gives_the_whole_batch_tokens(chunk_rows, token_draw):
     # The sampler decodes CPU batches in row chunks for the cache: the noise of each chunk comes
     # from the same generator stream, so every token must match one whole-batch decode.
     plan = plan_for(steps=5, temperature=1.3, choice_temperature=4.5, cfg=2.0)
     labels = class_balanced_labels(K, 5)[:19]
-    whole = decode(FakeModel(), labels, plan, seed=3)
-    chunked = maskgit_decode(FakeModel(), labels, seq_len=L, mask_id=MASK, null_class=NULL, plan=plan,
-                             generator=batch_generator(3, 0), chunk_rows=chunk_rows)
+    whole, chunked = (
+        maskgit_decode(FakeModel(), labels, seq_len=L, mask_id=MASK, null_class=NULL, plan=plan,
+                       generator=batch_generator(3, 0), token_draw=token_draw, chunk_rows=rows)
+        for rows in (None, chunk_rows))
     assert torch.equal(chunked, whole)
+
+
+def textbook_decode(model: FakeModel, labels: torch.Tensor, plan: DecodePlan, seed: int) -> torch.Tensor:
+    """The decoder as first written: the logits, log-softmax and Gumbel-max draw at *every*
+    position of the grid, decoded ones included, then a where() keeps those."""
+    generator = batch_generator(seed, 0)
+    tokens = torch.full((len(labels), L), MASK)
+
+    def gumbel(shape):
+        uniform = torch.rand(shape, generator=generator).clamp(1e-20, 1.0)
+        return -torch.log((-torch.log(uniform)).clamp_min(1e-20))
+
+    for step in range(plan.steps):
+        cond = model(tokens, labels)
+        logits = cond + plan.cfg[step] * (cond - model(tokens, torch.full_like(labels, NULL)))
+        log_probs = torch.log_softmax(logits, -1)
+        tempered = torch.log_softmax(logits / plan.temperature[step], -1)
+        sampled = (tempered + gumbel(tempered.shape)).argmax(-1)
+        confidence = log_probs.gather(-1, sampled[..., None])[..., 0]
+        if plan.choice_temperature[step] > 0:
+            confidence = confidence + plan.choice_temperature[step] * gumbel(confidence.shape)
+        masked = tokens == MASK
+        confidence = torch.where(masked, confidence, torch.full_like(confidence, torch.inf))
+        tokens = torch.where(masked, sampled, tokens)
+        if plan.masked_after[step]:
+            tokens = tokens.scatter(1, confidence.topk(plan.masked_after[step], largest=False).indices, MASK)
+    return tokens
+
+
+def test_gumbel_max_draws_the_tokens_of_the_textbook_full_grid_decoder():
+    """The decoder asks for logits at masked positions only, yet still draws the Gumbel noise of the
+    whole grid: the generator's stream, and with it every sample of earlier runs, is unchanged."""
+    plan = plan_for(steps=5, temperature=1.3, choice_temperature=4.5, cfg=2.0)
+    labels = class_balanced_labels(K, 3)
+    textbook = textbook_decode(FakeModel(), labels, plan, seed=5)
+    assert torch.equal(decode(FakeModel(), labels, plan, seed=5), textbook)
 
 
 def test_samples_are_class_balanced_and_written_as_token_shards(tmp_path):
@@ -269,21 +316,36 @@ def test_grid_has_one_row_per_class():
     assert pixels[-4, -4].tolist() == [255, 255, 255] and pixels[4, -4].tolist() == [0, 0, 0]
 
 
-def test_sampled_tokens_follow_the_tempered_model_distribution():
+@pytest.mark.parametrize("token_draw", ["gumbel_max", "inverse_cdf"])
+def test_sampled_tokens_follow_the_tempered_model_distribution(token_draw):
     # One position, fixed logits: token frequencies over many rows match softmax(logits / T).
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0])
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, 0.5])
 
-    def fixed(tokens, labels):
-        return logits.expand(tokens.shape[0], 1, 4)
+    def fixed(tokens, labels, positions):
+        return logits.expand(tokens.shape[0], 1, 5)
 
     for temperature in (1.0, 2.0):
         plan = DecodePlan(masked_after=(0,), temperature=(temperature,), choice_temperature=(1.0,),
                           cfg=(0.0,))
-        out = maskgit_decode(fixed, torch.zeros(20000, dtype=torch.long), seq_len=1, mask_id=4, null_class=1,
-                             plan=plan, generator=batch_generator(0, 0))
-        frequencies = torch.bincount(out[:, 0], minlength=4).double() / len(out)
+        out = maskgit_decode(fixed, torch.zeros(20000, dtype=torch.long), seq_len=1, mask_id=5, null_class=1,
+                             plan=plan, generator=batch_generator(0, 0), token_draw=token_draw)
+        frequencies = torch.bincount(out[:, 0], minlength=5).double() / len(out)
         expected = torch.softmax(logits.double() / temperature, 0)
+        # 4 standard errors of a frequency: a token drawn one index off fails by far more
         torch.testing.assert_close(frequencies, expected, atol=0.015, rtol=0)
+
+
+def test_inverse_cdf_draws_the_first_token_whose_cumulative_probability_passes_the_uniform():
+    from pipeline.sampling.decode import inverse_cdf
+
+    probabilities = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    log_probs = probabilities.log().expand(8, 1, 4)
+    uniforms = torch.rand(8, 1, 1, generator=torch.Generator().manual_seed(2))
+    drawn = inverse_cdf(log_probs, torch.Generator().manual_seed(2))
+    # by hand: token 0 below 0.1, 1 below 0.3, 2 below 0.6, 3 above
+    expected = [0 if u < 0.1 else 1 if u < 0.3 else 2 if u < 0.6 else 3 for u in uniforms.flatten().tolist()]
+    assert drawn.flatten().tolist() == expected
+    assert len(set(expected)) >= 3  # the seed reaches most branches
 
 
 @pytest.mark.parametrize(("schedule", "expected"), [
@@ -331,12 +393,15 @@ def test_chunked_cpu_logits_are_the_whole_batch_logits() -> None:
     generator = torch.Generator().manual_seed(1)
     tokens = torch.randint(0, 25, (300, 40), generator=generator)  # 12,000 tokens: three chunks
     labels = torch.randint(0, 4, (300,), generator=generator)
+    every = torch.arange(40).expand(300, -1)
+    some = torch.stack([torch.randperm(40, generator=generator)[:17].sort().values for _ in range(300)])
+    cpu = torch.device("cpu")
     with torch.no_grad():
-        assert torch.equal(model_logits(model, torch.device("cpu"))(tokens, labels), model(tokens, labels))
-    with torch.no_grad():
-        # The opt-in bf16 forward: other numbers (hence its own param), close to float32's.
         reference = model(tokens, labels)
-        bf16 = model_logits(model, torch.device("cpu"), "bf16")(tokens, labels)
+        assert torch.equal(model_logits(model, cpu)(tokens, labels, every), reference)
+        assert torch.equal(model_logits(model, cpu)(tokens, labels, some), at_positions(reference, some))
+        # The opt-in bf16 forward: other numbers (hence its own param), close to float32's.
+        bf16 = model_logits(model, cpu, "bf16")(tokens, labels, every)
         assert bf16.dtype == torch.bfloat16 and not torch.equal(bf16.float(), reference)
         torch.testing.assert_close(bf16.float(), reference, atol=0.1, rtol=0.05)
-        assert torch.equal(model_logits(model, torch.device("cpu"), "no")(tokens, labels), reference)
+        assert torch.equal(model_logits(model, cpu, "no")(tokens, labels, every), reference)

@@ -67,3 +67,12 @@ class AdapterHost:
     def release_precomputed(self) -> None:
         if self.adapter is not None:
             self.adapter.release_precomputed()
+
+    @staticmethod
+    def grid_rows(x: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+        """The grid positions' rows of ``x`` (B, L + 1, dim), the class slot first: all L of them,
+        or (B, M, dim) at ``positions`` (B, M). The sampler asks only for its masked positions, so
+        the head, the largest per-position cost after the blocks, skips the decoded ones."""
+        if positions is None:
+            return x[:, 1:]
+        return x.gather(1, (positions + 1).unsqueeze(-1).expand(-1, -1, x.shape[-1]))

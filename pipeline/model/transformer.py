@@ -13,8 +13,9 @@ Conventions the sampler and the evaluation rely on:
 * ``tokens`` is (B, L) with values in [0, codebook_size]; the value ``mask_id == codebook_size``
   marks a masked position. ``labels`` is (B,) in [0, num_classes]; ``null_class == num_classes`` is
   the unconditional class used for classifier-free guidance.
-* ``model(tokens, labels)`` returns logits (B, L, codebook_size) for *every* position; the caller
-  picks the masked ones. The mask token itself is never predicted.
+* ``model(tokens, labels)`` returns logits (B, L, codebook_size) for *every* position;
+  ``model(tokens, labels, positions)`` only at the grid positions ``positions`` (B, M), the same
+  numbers (the sampler asks for its masked ones). The mask token itself is never predicted.
 * The class token is prepended, so the transformer sees L + 1 positions.
 """
 
@@ -197,8 +198,11 @@ class MaskGIT(AdapterHost, nn.Module):
         return self.tok_emb.weight[: self.codebook_size]
 
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits."""
+    def forward(
+        self, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits, or
+        (B, M, V) at the grid positions ``positions`` (B, M) only."""
         batch, length = tokens.shape
         if length != self.seq_len or labels.shape != (batch,):
             raise ValueError(
@@ -216,7 +220,7 @@ class MaskGIT(AdapterHost, nn.Module):
                 x = x + inject(layer).to(x.dtype)
             x = block(x)
 
-        x = self.norm(x[:, 1:])  # drop the class token: logits only for the L grid positions
+        x = self.norm(self.grid_rows(x, positions))  # the class token has no logits
         return self.head(x, self.token_embeddings)
 
 

@@ -33,8 +33,9 @@ embedding gets no gradient through the output layer; the mask column of the logi
 Same conventions as :class:`pipeline.model.transformer.MaskGIT`: ``tokens`` (B, L) int64 with
 ``mask_id == codebook_size`` at masked positions, ``labels`` (B,) with ``null_class ==
 num_classes`` for the unconditional (CFG) pass; ``model(tokens, labels)`` returns logits
-(B, L, codebook_size) for every grid position. (The published forward takes the class as (B, 1);
-this wrapper adds that axis itself.)
+(B, L, codebook_size) for every grid position, ``model(tokens, labels, positions)`` only at the grid
+positions ``positions`` (B, M). (The published forward takes the class as (B, 1); this wrapper adds
+that axis itself.)
 """
 
 from __future__ import annotations
@@ -265,8 +266,11 @@ class UViT(AdapterHost, nn.Module):
             return half - 1 - j
         raise ValueError(f"unknown block kind {kind!r}")
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits."""
+    def forward(
+        self, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, L) tokens with ``mask_id`` at masked positions, (B,) labels -> (B, L, V) logits, or
+        (B, M, V) at the grid positions ``positions`` (B, M) only."""
         batch, length = tokens.shape
         if length != self.seq_len or labels.shape != (batch,):
             raise ValueError(
@@ -292,7 +296,8 @@ class UViT(AdapterHost, nn.Module):
             # LIFO: out_blocks[j] fuses the output of in_blocks[half - 1 - j] (spec §1.4 step 5).
             x = block(add(x, self.injection_index("out", j)), skips.pop())
 
-        x = self.norm(x)
+        # The class slot's logits are dropped (as published), so it skips the norm and the head.
+        x = self.norm(self.grid_rows(x, positions))
         # Tied head over all V + 1 rows, read detached as published (nat_model.py l.225).
         logits = self.mlm_layer(x, self.token_emb.word_embeddings.weight.detach())
-        return logits[:, 1:, : self.codebook_size]  # drop the class slot and the mask column
+        return logits[..., : self.codebook_size]  # drop the mask column

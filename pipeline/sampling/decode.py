@@ -2,9 +2,11 @@
 
 Decoding starts from an all-masked sequence and runs ``T`` steps. At step ``t`` (0-based):
 
-1. logits of every position, with classifier-free guidance ``cond + s_t * (cond - uncond)``; the
-   conditional and unconditional passes run as one batch (the null class labels the second half);
-2. a token is sampled at every masked position from ``softmax(logits / temperature_t)``;
+1. logits of every masked position, with classifier-free guidance ``cond + s_t * (cond - uncond)``;
+   the conditional and unconditional passes run as one batch (the null class labels the second
+   half); decoded positions need none, so the model's head skips them;
+2. a token is sampled at every masked position from ``softmax(logits / temperature_t)``, by the
+   Gumbel-max trick (the default) or by inverting the cumulative distribution (``token_draw``);
 3. its confidence is its *untempered* log-probability ``log_softmax(logits)`` plus Gumbel noise
    scaled by the choice temperature (by default annealed, ``choice_temperature * (1 - (t + 1) / T)``);
    already decoded positions get +inf;
@@ -17,9 +19,10 @@ The per-step numbers (how many tokens stay masked, temperatures, guidance scale)
 :class:`DecodePlan`: built from the mask schedule and the scalar ``sample.*`` params, or given
 explicitly per step (AutoNAT style) through ``sample.strategy``.
 
-The decoder does not know the model class: it takes ``logits_fn(tokens, labels) -> logits``, so
-the same function serves every variant (and tests use a tiny fake model). All randomness comes
-from the ``torch.Generator`` passed in: the same generator state gives the same tokens.
+The decoder does not know the model class: it takes ``logits_fn(tokens, labels, positions) ->
+logits`` at the given grid positions, so the same function serves every variant (a generator is
+one; tests use a tiny fake model). All randomness comes from the ``torch.Generator`` passed in:
+the same generator state gives the same tokens.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -34,8 +38,12 @@ from pipeline.config import SampleConfig
 from pipeline.progress import progress_bar
 from pipeline.schedules import counts_from_ratios, masked_counts
 
-LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# logits_fn(tokens (B, L), labels (B,), positions (B, M)) -> the logits at those grid positions (B, M, V)
+LogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
+# How a token is drawn from its categorical distribution (``sample.token_draw``): both are exact
+# samples, but each turns the generator's numbers into other tokens.
+TokenDraw = Literal["gumbel_max", "inverse_cdf"]
 
 
 @dataclass(frozen=True)
@@ -90,44 +98,71 @@ def decode_plan(cfg: SampleConfig, seq_len: int) -> DecodePlan:
 
 
 def guided_logits(
-    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, null_class: int, scale: float
+    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor,
+    null_class: int, scale: float,
 ) -> torch.Tensor:
-    """``cond + scale * (cond - uncond)`` in float32; one batched pass (scale 0: conditional only)."""
+    """``cond + scale * (cond - uncond)`` at ``positions``, in float32; one batched pass (scale 0:
+    conditional only)."""
     if scale == 0.0:
-        return logits_fn(tokens, labels).float()
+        return logits_fn(tokens, labels, positions).float()
     batch = tokens.shape[0]
-    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_class)]))
+    both = logits_fn(torch.cat([tokens, tokens]), torch.cat([labels, torch.full_like(labels, null_class)]),
+                     torch.cat([positions, positions]))
     cond, uncond = both.float().split(batch)
     # In place on the one new tensor: the same arithmetic as cond + scale * (cond - uncond), bit
-    # for bit (IEEE addition commutes), without two more (B, L, V) temporaries.
+    # for bit (IEEE addition commutes), without two more (B, M, V) temporaries.
     return (cond - uncond).mul_(scale).add_(cond)
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """Standard Gumbel noise, -log(-log u). Computed in place: at (B, L, V) each temporary is
     hundreds of MB, and fresh ones cost page faults as well as memory traffic."""
     uniform = torch.rand(shape, generator=generator, device=device).clamp_(1e-20, 1.0)
     return uniform.log_().neg_().clamp_min_(1e-20).log_().neg_()
 
 
-def _sample_rows(
-    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, *, mask_id: int, null_class: int,
-    plan: DecodePlan, step: int, generator: torch.Generator,
+def gumbel_max(log_probs: torch.Tensor, positions: torch.Tensor, seq_len: int,
+               generator: torch.Generator) -> torch.Tensor:
+    """Tokens (rows, M) drawn from ``log_probs`` (rows, M, V) at ``positions`` (rows, M) as
+    ``argmax(log p + g)``, g Gumbel noise: an exact sample. The noise covers the whole (rows,
+    seq_len, V) grid, decoded positions included, as it always has: the generator's stream, and
+    with it every sample, stays that of earlier versions. The uniform draws are about 7% of a
+    CPU decoding step (one thread)."""
+    vocab = log_probs.shape[-1]
+    noise = _gumbel((positions.shape[0], seq_len, vocab), generator, log_probs.device)
+    return noise.gather(1, positions.unsqueeze(-1).expand(-1, -1, vocab)).add_(log_probs).argmax(dim=-1)
+
+
+def inverse_cdf(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Tokens (rows, M) drawn from ``log_probs`` (rows, M, V) by inverting the cumulative
+    distribution: the first token whose cumulative probability exceeds ``u * total``, one uniform
+    u per position (``total`` absorbs the float rounding of the sum). Also an exact sample, from
+    V times fewer random numbers than :func:`gumbel_max`."""
+    cdf = log_probs.exp().cumsum_(dim=-1)
+    threshold = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device).mul_(cdf[..., -1:])
+    # u < 1, but u * total may round up to total: the clamp keeps that one-in-billions case in range.
+    return torch.searchsorted(cdf, threshold, right=True).squeeze_(-1).clamp_max_(cdf.shape[-1] - 1)
+
+
+def _draw_rows(
+    logits_fn: LogitsFn, tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor, *,
+    null_class: int, plan: DecodePlan, step: int, token_draw: TokenDraw, generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step's draw for some rows: (tokens with every masked position sampled, the confidence
-    of each position's token). Draws the (rows, L, V) Gumbel noise from ``generator``."""
-    logits = guided_logits(logits_fn, tokens, labels, null_class, plan.cfg[step])
-    if logits.shape[:2] != tokens.shape:
-        raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected {tuple(tokens.shape)} + (V,)")
+    """One step's draw for some rows at their masked ``positions`` (rows, M): the tokens drawn
+    there and their untempered log-probabilities (the confidence before its noise), both (rows, M)."""
+    logits = guided_logits(logits_fn, tokens, labels, positions, null_class, plan.cfg[step])
+    if logits.shape[:2] != positions.shape:
+        raise ValueError(f"logits_fn returned {tuple(logits.shape)}, expected {(*positions.shape, 'V')}")
     # The temperature tempers the draw only; the confidence ranks the untempered post-CFG
     # log-probabilities, as MaskGIT and AutoNAT do (ImprovedNAT nat_misc.py, the generate loop).
     log_probs = torch.log_softmax(logits, dim=-1)
     temperature = plan.temperature[step]
     tempered = log_probs if temperature == 1.0 else torch.log_softmax(logits / temperature, dim=-1)
-    # Gumbel-max: argmax(log p + g) is an exact sample from p, drawn from our generator.
-    sampled = _gumbel(tempered.shape, generator, tokens.device).add_(tempered).argmax(dim=-1)
-    sampled = torch.where(tokens == mask_id, sampled, tokens)
-    return sampled, log_probs.gather(-1, sampled.unsqueeze(-1)).squeeze(-1)
+    if token_draw == "gumbel_max":
+        drawn = gumbel_max(tempered, positions, tokens.shape[1], generator)
+    else:
+        drawn = inverse_cdf(tempered, generator)
+    return drawn, log_probs.gather(-1, drawn.unsqueeze(-1)).squeeze(-1)
 
 
 @torch.no_grad()
@@ -140,17 +175,19 @@ def maskgit_decode(
     null_class: int,
     plan: DecodePlan,
     generator: torch.Generator,
+    token_draw: TokenDraw = "gumbel_max",
     chunk_rows: int | None = None,
     on_step: StepCallback | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """Decode ``len(labels)`` token sequences (B, seq_len) int64, all positions filled.
 
-    ``logits_fn(tokens (B', L) int64, labels (B',) int64) -> (B', L, V)``: masked positions hold
-    ``mask_id``; label ``null_class`` asks for the unconditional prediction. ``chunk_rows`` runs the
-    forward and the (rows, L, V) draw over that many sequences at a time (default: all), so that on a
-    CPU each chunk's logits and noise stay in cache; the tokens are the same bit for bit, because
-    the generator fills the chunks' noise in the same order as one whole-batch draw and every other
+    ``logits_fn(tokens (B', L) int64, labels (B',) int64, positions (B', M) int64) -> (B', M, V)``:
+    masked positions hold ``mask_id``, ``positions`` are each row's masked ones (ascending, as many
+    in every row); label ``null_class`` asks for the unconditional prediction. ``chunk_rows`` runs
+    the forward and the draw over that many sequences at a time (default: all), so that on a CPU
+    each chunk's logits and noise stay in cache; the tokens are the same bit for bit, because the
+    generator fills the chunks' noise in the same order as one whole-batch draw and every other
     operation is per row. ``on_step(t, tokens)`` is called after every step (tests and visualisations).
     """
     device = labels.device
@@ -159,21 +196,23 @@ def maskgit_decode(
     tokens = torch.full((batch, seq_len), mask_id, dtype=torch.long, device=device)
     steps = progress_bar(range(plan.steps), desc="decoding", unit="step", leave=False, disable=not progress)
     rows = [slice(start, start + chunk) for start in range(0, batch, chunk)]
+    masked_before = (seq_len, *plan.masked_after[:-1])
     for step in steps:
-        drawn = [_sample_rows(logits_fn, tokens[part], labels[part], mask_id=mask_id, null_class=null_class,
-                              plan=plan, step=step, generator=generator) for part in rows]
-        sampled = torch.cat([part for part, _ in drawn])
-        confidence = torch.cat([part for _, part in drawn])
+        # Every row has the same number of masked positions (one plan), so they form a (B, M) grid.
+        positions = (tokens == mask_id).nonzero()[:, 1].view(batch, masked_before[step])
+        drawn = [_draw_rows(logits_fn, tokens[part], labels[part], positions[part], null_class=null_class,
+                            plan=plan, step=step, token_draw=token_draw, generator=generator)
+                 for part in rows]
+        tokens = tokens.scatter(1, positions, torch.cat([part for part, _ in drawn]))
+        confidence = torch.full(tokens.shape, math.inf, device=device).scatter_(
+            1, positions, torch.cat([part for _, part in drawn]))
         noise_scale = plan.choice_temperature[step]
         if noise_scale > 0:
             confidence = confidence + noise_scale * _gumbel(confidence.shape, generator, device)
-        confidence = torch.where(tokens == mask_id, confidence, torch.full_like(confidence, math.inf))
 
-        tokens = sampled
         keep_masked = plan.masked_after[step]
         if keep_masked > 0:
-            # Every row has the same number of masked positions (same plan), so one topk serves
-            # the batch; decoded positions (+inf) are never among the least confident.
+            # Decoded positions (+inf) are never among the least confident.
             remask = confidence.topk(keep_masked, dim=-1, largest=False).indices
             tokens = tokens.scatter(1, remask, mask_id)
         if on_step is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,7 +71,7 @@ def batch_generator(seed: int, batch_index: int, device: str | torch.device = "c
 
 
 def generate_samples(
-    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits_fn: LogitsFn,
     *,
     num_classes: int,
     sample_cfg: SampleConfig,
@@ -84,7 +84,7 @@ def generate_samples(
 
 
 def generate_tokens(
-    logits_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    logits_fn: LogitsFn,
     labels: torch.Tensor,
     *,
     seq_len: int,
@@ -121,7 +121,8 @@ def generate_tokens(
             batch = labels[index * size : (index + 1) * size].to(device)
             tokens = maskgit_decode(
                 logits_fn, batch, seq_len=seq_len, mask_id=mask_id, null_class=null_class, plan=plan,
-                generator=batch_generator(seed, index, device), chunk_rows=chunk_rows,
+                generator=batch_generator(seed, index, device), token_draw=sample_cfg.token_draw,
+                chunk_rows=chunk_rows,
             )
             outputs.append(tokens.cpu())
             progress.update(len(batch))
@@ -159,11 +160,11 @@ def model_logits(model: torch.nn.Module, device: torch.device, mixed_precision: 
         log.warning("sample.mixed_precision is bf16, but this CPU has no native bf16 (AVX512-BF16 or AMX): "
                     "bf16 is emulated there and samples about half as fast as float32 ('no')")
 
-    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def logits_fn(tokens: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if rows is None or len(tokens) <= rows:
-                return model(tokens, labels)
-            return torch.cat([model(tokens[i : i + rows], labels[i : i + rows])
+                return model(tokens, labels, positions)
+            return torch.cat([model(tokens[i : i + rows], labels[i : i + rows], positions[i : i + rows])
                               for i in range(0, len(tokens), rows)])
 
     return logits_fn
