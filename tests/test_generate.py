@@ -38,6 +38,14 @@ def test_the_command_draws_the_sample_stages_images(workdir, tmp_path):  # noqa:
     assert [int(p.stem.split("class")[1]) for p in drawn] == split.labels.tolist()
     assert Image.open(tmp_path / "grid.png").height == CLASSES * (64 + 2) + 2  # a row per class
 
+    # The opt-in token draw reaches the decoder: the same seed gives other images (the same
+    # distribution: tests/test_sampling.py).
+    assert main(["models/base", "--per-class", str(PER_CLASS), "--token-draw", "inverse_cdf",
+                 "--out-dir", "inverse"]) == 0
+    inverse = np.stack([np.asarray(Image.open(path))[None]
+                        for path in sorted((tmp_path / "inverse").glob("*.png"))])
+    assert inverse.shape == pixels.shape and not np.array_equal(inverse, pixels)
+
     # Another seed gives other images; classes by name and by index select the same rows.
     assert main(["models/base", "--per-class", "2", "--seed", "9", "--class", "1", "--out-dir", "other"]) == 0
     names = (tmp_path / "data/prepared/classes.json").read_text()
