@@ -43,7 +43,7 @@ import torch
 
 from benchmarks.flops import counted_flops
 from benchmarks.model import FASHION, IMAGENET, make_models, time_interleaved
-from pipeline.config import SampleConfig
+from pipeline.config import SampleConfig, TokenDraw
 from pipeline.config import replace as replace_config
 from pipeline.images import quantize
 from pipeline.metrics.classifier import ClassifierSpec, DomainClassifier, classify, load_classifier
@@ -57,7 +57,6 @@ from pipeline.sampling import (
     decode_plan,
     maskgit_decode,
 )
-from pipeline.sampling.decode import TokenDraw
 from pipeline.sampling.generate import cpu_has_native_bf16, model_logits
 
 MODELS = Path("models")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ import yaml
 from PIL import Image
 
 from pipeline import layout
-from pipeline.config import DEFAULT_PARAMS, ConfigError, SampleConfig, load_config, replace
+from pipeline.config import DEFAULT_PARAMS, ConfigError, SampleConfig, TokenDraw, load_config, replace
 from pipeline.errors import DataSourceError, PipelineError
 from pipeline.images import render_grid, save_png
 from pipeline.model.generators import load_generator
@@ -144,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"],
                         help="bf16: faster on CPUs with native bf16, other samples "
                              "(default sample.mixed_precision)")
-    parser.add_argument("--token-draw", choices=["gumbel_max", "inverse_cdf"],
+    parser.add_argument("--token-draw", choices=typing.get_args(TokenDraw),
                         help="inverse_cdf: faster on a CPU, the same distribution, other samples "
                              "(default sample.token_draw)")
     return parser

@@ -30,20 +30,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-from pipeline.config import SampleConfig
+from pipeline.config import SampleConfig, TokenDraw
 from pipeline.progress import progress_bar
 from pipeline.schedules import counts_from_ratios, masked_counts
 
 # logits_fn(tokens (B, L), labels (B,), positions (B, M)) -> the logits at those grid positions (B, M, V)
 LogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor], None]
-# How a token is drawn from its categorical distribution (``sample.token_draw``): both are exact
-# samples, but each turns the generator's numbers into other tokens.
-TokenDraw = Literal["gumbel_max", "inverse_cdf"]
 
 
 @dataclass(frozen=True)
@@ -137,7 +133,8 @@ def inverse_cdf(log_probs: torch.Tensor, generator: torch.Generator) -> torch.Te
     """Tokens (rows, M) drawn from ``log_probs`` (rows, M, V) by inverting the cumulative
     distribution: the first token whose cumulative probability exceeds ``u * total``, one uniform
     u per position (``total`` absorbs the float rounding of the sum). Also an exact sample, from
-    V times fewer random numbers than :func:`gumbel_max`."""
+    V times fewer random numbers than :func:`gumbel_max`, but of other tokens for the same
+    generator state (``sample.token_draw`` chooses)."""
     cdf = log_probs.exp().cumsum_(dim=-1)
     threshold = torch.rand((*cdf.shape[:-1], 1), generator=generator, device=cdf.device).mul_(cdf[..., -1:])
     # u < 1, but u * total may round up to total: the clamp keeps that one-in-billions case in range.
