@@ -248,6 +248,8 @@ def time_evaluation(args, model, labels, plan, device, amp) -> None:
     tokenizer = classifier = None
     if not args.imagenet and (MODELS / "tokenizer").is_dir():
         tokenizer = load_tokenizer(MODELS / "tokenizer", device)
+        if tokenizer.seq_len != model.seq_len:  # --tokens 196 against the trained 7 x 7 tokenizer
+            tokenizer = None
     if not args.imagenet and (MODELS / "classifier").is_dir():
         classifier = load_classifier(MODELS / "classifier", device)
     size, channels = (256, 3) if args.imagenet else (28, 1)
@@ -263,7 +265,7 @@ def time_evaluation(args, model, labels, plan, device, amp) -> None:
             if tokenizer is not None:
                 with torch.inference_mode():
                     batches.append(quantize(tokenizer.decode(chunk)))
-            else:  # no tokenizer yet: random pixels of the right shape (same classifier cost)
+            else:  # no tokenizer of this grid: random pixels of the right shape (same classifier cost)
                 batches.append(torch.from_numpy(rng.integers(0, 256, (len(chunk), channels, size, size),
                                                              dtype=np.uint8)).to(device))
         return batches
