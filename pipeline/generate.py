@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -32,7 +31,15 @@ import yaml
 from PIL import Image
 
 from pipeline import layout
-from pipeline.config import DEFAULT_PARAMS, ConfigError, SampleConfig, TokenDraw, load_config, replace
+from pipeline.config import (
+    DEFAULT_PARAMS,
+    ConfigError,
+    SampleConfig,
+    SamplingPrecision,
+    TokenDraw,
+    load_config,
+    replace,
+)
 from pipeline.errors import DataSourceError, PipelineError
 from pipeline.images import render_grid, save_png
 from pipeline.model.generators import load_generator
@@ -142,10 +149,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="where the sample defaults come from (params.yaml)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, help="images decoded at once (default sample.batch_size)")
-    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16"],
+    parser.add_argument("--mixed-precision", choices=get_args(SamplingPrecision),
                         help="bf16: faster on CPUs with native bf16, other samples "
                              "(default sample.mixed_precision)")
-    parser.add_argument("--token-draw", choices=typing.get_args(TokenDraw),
+    parser.add_argument("--token-draw", choices=get_args(TokenDraw),
                         help="inverse_cdf: faster on a CPU, the same distribution, other samples "
                              "(default sample.token_draw)")
     return parser
